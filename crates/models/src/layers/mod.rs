@@ -1,0 +1,12 @@
+//! The pieces every architecture shares, written once.
+
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use attention::{attention, block_mask};
+pub use linear::Linear;
+pub use mlp::GatedMlp;
+pub use norm::RmsNorm;

@@ -1,0 +1,58 @@
+//! Qwen3 (`Qwen3ForCausalLM`): the shared backbone with plain 1-D RoPE, positions 0, 1, 2, …
+
+use crate::config::TextConfig;
+use crate::error::{ModelError, Result};
+use crate::transformer::{Backbone, Positions, SeqSlice, Trace};
+use crate::SeqInput;
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+pub struct Qwen3 {
+    backbone: Backbone,
+}
+
+impl Qwen3 {
+    pub fn load(vb: &VarBuilder, cfg: &TextConfig) -> Result<Self> {
+        if cfg.num_experts > 0 {
+            return Err(ModelError::Unsupported(
+                "qwen3_moe (mixture-of-experts) checkpoints are not supported yet".into(),
+            ));
+        }
+        let tied = cfg.tie_word_embeddings.unwrap_or(false);
+        Ok(Self {
+            backbone: Backbone::load(vb, cfg, tied, false)?,
+        })
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput],
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let mut pos = Positions::default();
+        let mut ids = Vec::new();
+        for s in batch.iter() {
+            if !s.images.is_empty() {
+                return Err(ModelError::Input("this is a text-only model; images are not accepted".into()));
+            }
+            let start = s.cache.last_t();
+            pos.t.extend((1..=s.ids.len() as i64).map(|i| start + i));
+            ids.extend_from_slice(s.ids);
+        }
+        let x = self.backbone.embed(&ids)?;
+        let mut seqs: Vec<SeqSlice> = batch
+            .iter_mut()
+            .map(|s| SeqSlice {
+                len: s.ids.len(),
+                last_id: s.ids.last().copied(),
+                logits: s.logits,
+                cache: &mut *s.cache,
+            })
+            .collect();
+        self.backbone.forward(x, &pos, &mut seqs, trace)
+    }
+}

@@ -1,0 +1,379 @@
+//! The Qwen3-style decoder backbone shared by Qwen3 and NEO: embeddings, decoder layers
+//! (RMSNorm, attention with per-head q/k norms and RoPE, gated MLP), final norm, output head.
+//! NEO adds the H/W query/key projections (Native-RoPE), switched on by `NativeRope`.
+//!
+//! Forward takes a packed batch: the new tokens of several sequences in one (N, hidden)
+//! tensor. Dense layers run once over all N tokens; attention runs per sequence against its
+//! own KV cache.
+
+use crate::config::TextConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::KvCache;
+use crate::layers::{attention, block_mask, rope, GatedMlp, Linear, RmsNorm};
+use crate::weights;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Per-token positions of a packed batch. `h`/`w` are used only by Native-RoPE models.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Positions {
+    pub t: Vec<i64>,
+    pub h: Vec<i64>,
+    pub w: Vec<i64>,
+}
+
+impl Positions {
+    pub fn len(&self) -> usize {
+        self.t.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.t.is_empty()
+    }
+    pub fn extend(&mut self, other: &Positions) {
+        self.t.extend_from_slice(&other.t);
+        self.h.extend_from_slice(&other.h);
+        self.w.extend_from_slice(&other.w);
+    }
+}
+
+/// Which logits a sequence wants back from a forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsWanted {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's slice of a packed forward.
+pub struct SeqSlice<'a> {
+    pub len: usize,
+    pub cache: &'a mut KvCache,
+    pub logits: LogitsWanted,
+    /// The id of the last new token (position state for the next step), if known.
+    pub last_id: Option<u32>,
+}
+
+/// Intermediate tensors of a forward, for parity checks.
+#[derive(Default, Debug)]
+pub struct Trace {
+    pub vision_embeds: Option<Tensor>,
+    pub inputs_embeds: Option<Tensor>,
+    pub hidden_layer0: Option<Tensor>,
+    pub hidden_final_norm: Option<Tensor>,
+}
+
+struct NativeRopeProj {
+    q_hw: Linear,
+    k_hw: Linear,
+    q_norm_h: RmsNorm,
+    q_norm_w: RmsNorm,
+    k_norm_h: RmsNorm,
+    k_norm_w: RmsNorm,
+}
+
+struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    hw: Option<NativeRopeProj>,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+/// Rotary tables for one packed forward, shared by every layer.
+pub struct RopeTables {
+    t: (Tensor, Tensor),
+    hw: Option<((Tensor, Tensor), (Tensor, Tensor))>,
+}
+
+impl SelfAttention {
+    fn load(vb: &VarBuilder, cfg: &TextConfig, native: bool) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let eps = cfg.rms_norm_eps;
+        let hw = if native {
+            Some(NativeRopeProj {
+                q_hw: Linear::load(vb, d, nh * hd, "q_proj_hw")?,
+                k_hw: Linear::load(vb, d, nkv * hd, "k_proj_hw")?,
+                q_norm_h: RmsNorm::load(vb, hd / 2, eps, "q_norm_h")?,
+                q_norm_w: RmsNorm::load(vb, hd / 2, eps, "q_norm_w")?,
+                k_norm_h: RmsNorm::load(vb, hd / 2, eps, "k_norm_h")?,
+                k_norm_w: RmsNorm::load(vb, hd / 2, eps, "k_norm_w")?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            q: Linear::load(vb, d, nh * hd, "q_proj")?,
+            k: Linear::load(vb, d, nkv * hd, "k_proj")?,
+            v: Linear::load(vb, d, nkv * hd, "v_proj")?,
+            o: Linear::load(vb, nh * hd, d, "o_proj")?,
+            q_norm: RmsNorm::load(vb, hd, eps, "q_norm")?,
+            k_norm: RmsNorm::load(vb, hd, eps, "k_norm")?,
+            hw,
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// Queries and keys: [T (hd) | H (hd/2) | W (hd/2)] per head for Native-RoPE, else T only.
+    fn project(&self, x: &Tensor, heads: usize, which_q: bool, tables: &RopeTables) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let hd = self.head_dim;
+        let (lin, norm) = if which_q {
+            (&self.q, &self.q_norm)
+        } else {
+            (&self.k, &self.k_norm)
+        };
+        let t = norm.forward(&lin.forward(x)?.reshape((n, heads, hd))?)?;
+        let t = rope::rotate_half(&t, &tables.t.0, &tables.t.1)?;
+        let Some(hw) = &self.hw else { return Ok(t) };
+        let ((ch, sh), (cw, sw)) = tables
+            .hw
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("Native-RoPE layer without H/W positions".into()))?;
+        let (lin, nh_, nw_) = if which_q {
+            (&hw.q_hw, &hw.q_norm_h, &hw.q_norm_w)
+        } else {
+            (&hw.k_hw, &hw.k_norm_h, &hw.k_norm_w)
+        };
+        let p = lin.forward(x)?.reshape((n, heads, hd))?;
+        let h = nh_.forward(&p.narrow(D::Minus1, 0, hd / 2)?)?;
+        let w = nw_.forward(&p.narrow(D::Minus1, hd / 2, hd / 2)?)?;
+        let h = rope::rotate_half(&h, ch, sh)?;
+        let w = rope::rotate_half(&w, cw, sw)?;
+        Ok(Tensor::cat(&[t, h, w], D::Minus1)?)
+    }
+
+    fn forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        seqs: &mut [SeqSlice],
+        seq_t: &[Vec<i64>],
+        tables: &RopeTables,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let q = self.project(x, self.n_heads, true, tables)?;
+        let k = self.project(x, self.n_kv, false, tables)?;
+        let v = self.v.forward(x)?.reshape((n, self.n_kv, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut off = 0;
+        for (s, new_t) in seqs.iter_mut().zip(seq_t) {
+            let len = s.len;
+            let qs = q.narrow(0, off, len)?;
+            let ks = k.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
+            let vs = v.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
+            let (k_all, v_all) = s.cache.append(layer, ks, vs)?;
+            let mut key_t = Vec::with_capacity(s.cache.len() + len);
+            key_t.extend_from_slice(s.cache.key_t());
+            key_t.extend_from_slice(new_t);
+            let mask = block_mask(&key_t, len, x.device())?;
+            outs.push(attention(&qs, &k_all, &v_all, mask.as_ref(), scale)?);
+            off += len;
+        }
+        let o = if outs.len() == 1 {
+            outs.pop().unwrap_or_else(|| unreachable!())
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.o.forward(&o)
+    }
+}
+
+struct DecoderLayer {
+    input_ln: RmsNorm,
+    post_ln: RmsNorm,
+    attn: SelfAttention,
+    mlp: GatedMlp,
+}
+
+/// The decoder stack with its embeddings and output head.
+pub struct Backbone {
+    pub cfg: TextConfig,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_t: Vec<f32>,
+    inv_hw: Vec<f32>,
+    native_rope: bool,
+    device: Device,
+    dtype: DType,
+}
+
+impl Backbone {
+    /// Loads from `vb` rooted where `model.` and `lm_head` live (`language_model` for NEO,
+    /// the checkpoint root for Qwen3).
+    pub fn load(vb: &VarBuilder, cfg: &TextConfig, tied: bool, native_rope: bool) -> Result<Self> {
+        let m = vb.pp("model");
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let embed = weights::get(
+            &m,
+            (cfg.vocab_size, cfg.hidden_size),
+            "embed_tokens.weight",
+            init,
+        )?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp("layers").pp(i.to_string());
+            layers.push(DecoderLayer {
+                input_ln: RmsNorm::load(&l, cfg.hidden_size, cfg.rms_norm_eps, "input_layernorm")?,
+                post_ln: RmsNorm::load(
+                    &l,
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                    "post_attention_layernorm",
+                )?,
+                attn: SelfAttention::load(&l.pp("self_attn"), cfg, native_rope)?,
+                mlp: GatedMlp::load(&l.pp("mlp"), cfg.hidden_size, cfg.intermediate_size)?,
+            });
+        }
+        let norm = RmsNorm::load(&m, cfg.hidden_size, cfg.rms_norm_eps, "norm")?;
+        let lm_head = if tied {
+            embed.clone()
+        } else {
+            weights::get(vb, (cfg.vocab_size, cfg.hidden_size), "lm_head.weight", init)?
+        };
+        let hd = cfg.head_dim();
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_t: rope::inv_freq(hd, cfg.rope_theta),
+            inv_hw: rope::inv_freq(hd / 2, cfg.rope_theta_hw),
+            native_rope,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    /// Token embeddings (N, hidden) for ids; an id past the embedding table is an error.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is past the embedding table ({} rows)",
+                self.cfg.vocab_size
+            )));
+        }
+        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed.index_select(&idx, 0)?)
+    }
+
+    fn tables(&self, pos: &Positions) -> Result<RopeTables> {
+        let t = rope::tables(&pos.t, &self.inv_t, &self.device)?;
+        let hw = if self.native_rope {
+            if pos.h.len() != pos.t.len() || pos.w.len() != pos.t.len() {
+                return Err(ModelError::Input("H/W positions missing for Native-RoPE".into()));
+            }
+            Some((
+                rope::tables(&pos.h, &self.inv_hw, &self.device)?,
+                rope::tables(&pos.w, &self.inv_hw, &self.device)?,
+            ))
+        } else {
+            None
+        };
+        Ok(RopeTables { t, hw })
+    }
+
+    /// Runs the decoder over packed embeddings `x` (N, hidden). `pos` holds every token's
+    /// positions in packing order; `seqs` says how N splits into sequences. Returns the logits
+    /// each sequence asked for (`None` for those that asked for none).
+    pub fn forward(
+        &self,
+        x: Tensor,
+        pos: &Positions,
+        seqs: &mut [SeqSlice],
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let n = x.dim(0)?;
+        let total: usize = seqs.iter().map(|s| s.len).sum();
+        if total != n || pos.len() != n {
+            return Err(ModelError::Input(format!(
+                "packed batch of {n} tokens, but sequences cover {total} and positions {}",
+                pos.len()
+            )));
+        }
+        let tables = self.tables(pos)?;
+        let mut seq_t = Vec::with_capacity(seqs.len());
+        let mut off = 0;
+        for s in seqs.iter() {
+            seq_t.push(pos.t[off..off + s.len].to_vec());
+            off += s.len;
+        }
+        let mut h = x.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = layer.input_ln.forward(&h)?;
+            h = (h + layer.attn.forward(i, &a, seqs, &seq_t, &tables)?)?;
+            let m = layer.post_ln.forward(&h)?;
+            h = (h + layer.mlp.forward(&m)?)?;
+            if i == 0 {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.hidden_layer0 = Some(h.clone());
+                }
+            }
+        }
+        for (s, t) in seqs.iter_mut().zip(&seq_t) {
+            s.cache.commit(t, s.last_id);
+        }
+        let hn = self.norm.forward(&h)?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.hidden_final_norm = Some(hn.clone());
+        }
+        // Gather the rows whose logits are wanted and run the head once for all of them.
+        let mut rows: Vec<u32> = Vec::new();
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut off = 0;
+        for s in seqs.iter() {
+            let start = rows.len();
+            match s.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last if s.len > 0 => rows.push((off + s.len - 1) as u32),
+                LogitsWanted::Last => {}
+                LogitsWanted::All => rows.extend((off..off + s.len).map(|r| r as u32)),
+            }
+            spans.push((start, rows.len() - start, s.logits));
+            off += s.len;
+        }
+        if rows.is_empty() {
+            return Ok(vec![None; seqs.len()]);
+        }
+        let sel = if rows.len() == n {
+            hn
+        } else {
+            hn.index_select(&Tensor::from_slice(&rows, rows.len(), &self.device)?, 0)?
+        };
+        let logits = sel.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        spans
+            .into_iter()
+            .map(|(start, len, want)| {
+                Ok(match want {
+                    LogitsWanted::None => None,
+                    _ if len == 0 => None,
+                    _ => Some(logits.narrow(0, start, len)?),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,71 @@
+//! Model-level parity on the neo-tiny fixtures, fed the reference's own ids and pixels (so a
+//! failure here is the forward pass, not preprocessing or prompting). The end-to-end check of
+//! every stage is `pixlm check` (engine::check).
+
+use candle_core::{DType, Device, Tensor};
+use pixlm_models::{ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace};
+use std::path::PathBuf;
+
+fn fixtures() -> Option<PathBuf> {
+    let p = std::env::var_os("PIXLM_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+    p.join("neo-tiny").is_dir().then_some(p)
+}
+
+fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn neo_tiny_forward_matches_reference() {
+    let Some(fx) = fixtures() else {
+        eprintln!("fixtures not found; skipping");
+        return;
+    };
+    let dir = fx.join("neo-tiny/model");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let ids = NeoSpecialIds { img_start: 151670, img_end: 151671, img_context: 151669 };
+    let model = Model::load(&dir, &cfg, Some(ids), &Default::default()).unwrap();
+    for case in ["text_only", "single_image", "two_images", "multi_turn"] {
+        let exp = candle_core::safetensors::load(fx.join("neo-tiny/cases").join(case).join("expected.safetensors"), &Device::Cpu).unwrap();
+        let input_ids: Vec<u32> = exp["input_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        let mut images = Vec::new();
+        if let Some(g) = exp.get("grid_hw") {
+            let grids: Vec<Vec<i64>> = g.to_vec2().unwrap();
+            let pv = &exp["pixel_values"];
+            let mut off = 0;
+            for g in grids {
+                let n = (g[0] * g[1]) as usize;
+                images.push(ImageInput {
+                    pixels: pv.narrow(0, off, n).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+                    grid_h: g[0] as usize,
+                    grid_w: g[1] as usize,
+                });
+                off += n;
+            }
+        }
+        let mut cache = KvCache::new();
+        let mut trace = Trace::default();
+        let out = model
+            .forward(
+                &mut [SeqInput { ids: &input_ids, images: &images, decode: false, cache: &mut cache, logits: LogitsWanted::Last }],
+                Some(&mut trace),
+            )
+            .unwrap();
+        let logits = out[0].as_ref().unwrap().squeeze(0).unwrap();
+        let d_logits = maxdiff(&logits, &exp["logits_last"]);
+        let d_l0 = maxdiff(&trace.hidden_layer0.unwrap(), &exp["hidden_layer0"]);
+        let d_fn = maxdiff(&trace.hidden_final_norm.unwrap(), &exp["hidden_final_norm"]);
+        let d_vis = exp.get("vision_embeds").map(|v| maxdiff(&trace.vision_embeds.clone().unwrap(), v)).unwrap_or(0.0);
+        eprintln!("{case}: vision {d_vis:.2e} layer0 {d_l0:.2e} final_norm {d_fn:.2e} logits {d_logits:.2e}");
+        assert!(d_vis <= 2e-4 && d_l0 <= 2e-4 && d_fn <= 5e-4 && d_logits <= 2e-4, "{case}");
+    }
+}
