@@ -1,0 +1,101 @@
+//! Options and helpers shared by the subcommands.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use pixlm_models::LoadOptions;
+use std::path::PathBuf;
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIXLM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Compute options every model-loading command takes.
+#[derive(Args, Clone, Debug)]
+pub struct ComputeArgs {
+    /// Compute dtype on CPU: f32 (default, matches the reference) or bf16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
+    /// Worker threads for the tensor kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run on the GPU (needs a build with --features cuda or metal).
+    #[arg(long)]
+    pub gpu: bool,
+}
+
+impl ComputeArgs {
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            // candle's kernels read the thread count from the rayon pool; set it before any work.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+        let dtype = match self.dtype.as_str() {
+            "bf16" => candle_core::DType::BF16,
+            "f16" => candle_core::DType::F16,
+            _ => candle_core::DType::F32,
+        };
+        let device = if self.gpu {
+            if candle_core::utils::cuda_is_available() {
+                candle_core::Device::new_cuda(0)?
+            } else if candle_core::utils::metal_is_available() {
+                candle_core::Device::new_metal(0)?
+            } else {
+                bail!("--gpu: this pixlm was built without CUDA or Metal support (rebuild with --features cuda or --features metal)");
+            }
+        } else {
+            candle_core::Device::Cpu
+        };
+        Ok(LoadOptions { device, dtype })
+    }
+}
+
+/// The model shipped in the repository, used when no --model is given.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("PIXLM_MODEL") {
+        return PathBuf::from(p);
+    }
+    let exe_rel = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("../../models/shapes-neo")));
+    if let Some(p) = exe_rel.filter(|p| p.is_dir()) {
+        return p;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-neo")
+}
+
+pub fn resolve_model(model: &Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(p) => {
+            if !p.exists() {
+                bail!("model {} does not exist", p.display());
+            }
+            Ok(p.clone())
+        }
+        None => {
+            let d = default_model_dir();
+            if !d.join("config.json").is_file() {
+                bail!(
+                    "no --model given and the default model was not found at {} (set PIXLM_MODEL or pass --model DIR)",
+                    d.display()
+                );
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,421 @@
+//! The engine: a loaded model with its tokenizer, turning prepared prompts into tokens.
+//!
+//! `prepare` (messages → ids and image patches) → `prefill` (one packed forward, KV cache
+//! filled) → `decode` (sample, stream, stop rules, one forward per token).
+
+use crate::error::{EngineError, Result};
+use crate::messages::ChatMessage;
+use crate::prompt;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stream::{StopMatcher, StreamDecoder};
+use candle_core::Tensor;
+use pixlm_media::{DecodeLimits, PreprocessConfig};
+use pixlm_models::{
+    ImageInput, KvCache, LoadOptions, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput,
+    Trace,
+};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+/// What a model family needs to build prompts.
+#[derive(Clone, Debug)]
+pub enum Family {
+    Neo(NeoSpecialIds),
+    Qwen3,
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub family: Family,
+    pub dir: PathBuf,
+    /// Token ids that end generation (the chat end token).
+    pub stop_ids: Vec<u32>,
+    /// Longest prompt + generation the engine accepts.
+    pub context_limit: usize,
+    pub preprocess: PreprocessConfig,
+    pub decode_limits: DecodeLimits,
+    pub max_images: usize,
+}
+
+/// Facts about one image of a prepared prompt.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub source: String,
+    pub original_wh: (u32, u32),
+    pub resized_wh: (usize, usize),
+    pub grid_hw: (usize, usize),
+    pub tokens: usize,
+}
+
+/// A prompt ready for the model.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub images: Vec<ImageInput>,
+    pub image_info: Vec<ImageInfo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop_strings: Vec<String>,
+    /// Extra stop token ids besides the model's end-of-turn token.
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_new_tokens: 512,
+            stop_strings: Vec::new(),
+            stop_ids: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string ended the answer.
+    Stop,
+    /// `max_new_tokens` or the context limit was reached.
+    Length,
+}
+
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated ids, the stop token included if one was produced.
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+fn tok_err(path: &Path, what: impl Into<String>) -> EngineError {
+    EngineError::Tokenizer {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Looks a special token up by its string (ids are never hard-coded).
+pub fn token_id(tok: &Tokenizer, path: &Path, s: &str) -> Result<u32> {
+    tok.token_to_id(s)
+        .ok_or_else(|| tok_err(path, format!("the tokenizer has no {s} token")))
+}
+
+impl Engine {
+    /// Loads a checkpoint directory in the Hugging Face layout.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(EngineError::Model(pixlm_models::ModelError::Missing {
+                path: dir.to_path_buf(),
+                what: "tokenizer.json".into(),
+            }));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e.to_string()))?;
+        let (family, stop_ids, context_limit, preprocess) = match &config {
+            ModelConfig::Neo(c) => {
+                if let Some(t) = &c.template {
+                    if t != "neo1_0" {
+                        return Err(EngineError::Model(pixlm_models::ModelError::Unsupported(format!(
+                            "conversation template {t:?} (pixlm knows neo1_0)"
+                        ))));
+                    }
+                }
+                let ids = NeoSpecialIds {
+                    img_start: token_id(&tokenizer, &tok_path, "<img>")?,
+                    img_end: token_id(&tokenizer, &tok_path, "</img>")?,
+                    img_context: token_id(&tokenizer, &tok_path, "<IMG_CONTEXT>")?,
+                };
+                let stop = token_id(&tokenizer, &tok_path, "<|im_end|>")?;
+                let v = &c.vision_config;
+                let pre = PreprocessConfig {
+                    patch_size: v.patch_size,
+                    merge_size: v.merge_size(),
+                    min_pixels: v.min_pixels,
+                    max_pixels: v.max_pixels,
+                    ..PreprocessConfig::default()
+                };
+                let limit = c.llm_config.max_position_embeddings.unwrap_or(32768);
+                (Family::Neo(ids), vec![stop], limit, pre)
+            }
+            ModelConfig::Qwen3(c) => {
+                let stop = token_id(&tokenizer, &tok_path, "<|im_end|>")?;
+                let mut stops = vec![stop];
+                if let Some(e) = tokenizer.token_to_id("<|endoftext|>") {
+                    stops.push(e);
+                }
+                let limit = c.max_position_embeddings.unwrap_or(32768);
+                (Family::Qwen3, stops, limit, PreprocessConfig::default())
+            }
+        };
+        let neo_ids = match family {
+            Family::Neo(ids) => Some(ids),
+            _ => None,
+        };
+        let model = Model::load(dir, &config, neo_ids, opts)?;
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            family,
+            dir: dir.to_path_buf(),
+            stop_ids,
+            context_limit,
+            preprocess,
+            decode_limits: DecodeLimits::default(),
+            max_images: 16,
+        })
+    }
+
+    /// Reads an image given as a `data:` URL, a `file://` URL or a path (relative paths are
+    /// taken from `base_dir` when given). Remote URLs are refused here.
+    pub fn load_image(&self, url: &str, base_dir: Option<&Path>) -> Result<pixlm_media::image::RgbImage> {
+        let err = |source| EngineError::Image {
+            source_name: short(url),
+            source,
+        };
+        if let Some(rest) = url.strip_prefix("data:") {
+            let (meta, data) = rest.split_once(',').ok_or_else(|| {
+                EngineError::Request(format!("malformed data URL {}", short(url)))
+            })?;
+            if !meta.ends_with(";base64") {
+                return Err(EngineError::Request(format!(
+                    "data URL {} is not base64-encoded",
+                    short(url)
+                )));
+            }
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| EngineError::Request(format!("data URL {}: bad base64: {e}", short(url))))?;
+            return pixlm_media::decode_image(&bytes, &self.decode_limits).map_err(err);
+        }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Err(EngineError::Request(format!(
+                "remote image URL {} is not fetched here; pass a file or a data: URL",
+                short(url)
+            )));
+        }
+        let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+        let path = match base_dir {
+            Some(b) if path.is_relative() => b.join(path),
+            _ => path.to_path_buf(),
+        };
+        pixlm_media::load_image(&path, &self.decode_limits).map_err(err)
+    }
+
+    /// Builds the prompt, loads and preprocesses its images, and tokenizes.
+    pub fn prepare(&self, messages: &[ChatMessage], base_dir: Option<&Path>) -> Result<Prepared> {
+        self.prepare_with(messages, base_dir, &self.preprocess)
+    }
+
+    pub fn prepare_with(
+        &self,
+        messages: &[ChatMessage],
+        base_dir: Option<&Path>,
+        pre: &PreprocessConfig,
+    ) -> Result<Prepared> {
+        let (prompt_text, images, image_info) = match &self.family {
+            Family::Neo(_) => {
+                let parts = prompt::neo_prompt(messages)?;
+                if parts.images.len() > self.max_images {
+                    return Err(EngineError::Request(format!(
+                        "{} images in one request; at most {} are accepted",
+                        parts.images.len(),
+                        self.max_images
+                    )));
+                }
+                let mut images = Vec::new();
+                let mut info = Vec::new();
+                for url in &parts.images {
+                    let img = self.load_image(url, base_dir)?;
+                    let p = pixlm_media::preprocess(&img, pre).map_err(|e| EngineError::Image {
+                        source_name: short(url),
+                        source: e,
+                    })?;
+                    info.push(ImageInfo {
+                        source: short(url),
+                        original_wh: img.dimensions(),
+                        resized_wh: (p.grid_w * p.patch_size, p.grid_h * p.patch_size),
+                        grid_hw: (p.grid_h, p.grid_w),
+                        tokens: p.num_tokens(),
+                    });
+                    images.push(ImageInput {
+                        pixels: p.data,
+                        grid_h: p.grid_h,
+                        grid_w: p.grid_w,
+                    });
+                }
+                let counts: Vec<usize> = info.iter().map(|i| i.tokens).collect();
+                (prompt::expand_images(&parts.text, &counts), images, info)
+            }
+            Family::Qwen3 => {
+                return Err(EngineError::Request(
+                    "text-model chat templates are not implemented yet".into(),
+                ))
+            }
+        };
+        let enc = self
+            .tokenizer
+            .encode(prompt_text.as_str(), false)
+            .map_err(|e| EngineError::Request(format!("tokenizing the prompt: {e}")))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.len() >= self.context_limit {
+            return Err(EngineError::ContextOverflow {
+                tokens: ids.len(),
+                limit: self.context_limit,
+            });
+        }
+        Ok(Prepared {
+            prompt: prompt_text,
+            ids,
+            images,
+            image_info,
+        })
+    }
+
+    /// Runs the prompt through the model; returns its cache and the logits asked for.
+    pub fn prefill(
+        &self,
+        p: &Prepared,
+        want: LogitsWanted,
+        trace: Option<&mut Trace>,
+    ) -> Result<(KvCache, Tensor)> {
+        let mut cache = KvCache::new();
+        let mut out = self.model.forward(
+            &mut [SeqInput {
+                ids: &p.ids,
+                images: &p.images,
+                decode: false,
+                cache: &mut cache,
+                logits: want,
+            }],
+            trace,
+        )?;
+        let logits = out
+            .pop()
+            .flatten()
+            .ok_or_else(|| EngineError::Request("empty prompt".into()))?;
+        Ok((cache, logits))
+    }
+
+    /// The decode loop: samples from `first_logits`, then feeds each token back. `on_text`
+    /// receives the answer as it is produced (UTF-8 safe, stop strings withheld); `on_step`
+    /// sees the logits behind every generated token.
+    pub fn decode(
+        &self,
+        mut cache: KvCache,
+        first_logits: Vec<f32>,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        mut on_step: Option<&mut dyn FnMut(&[f32])>,
+    ) -> Result<Generation> {
+        let prompt_tokens = cache.len();
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
+        let mut stream = StreamDecoder::new(&self.tokenizer, true);
+        let mut stops = StopMatcher::new(opts.stop_strings.clone());
+        let budget = opts
+            .max_new_tokens
+            .min(self.context_limit.saturating_sub(prompt_tokens));
+        let mut ids: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let mut logits = first_logits;
+        let mut finish = FinishReason::Length;
+        let t0 = Instant::now();
+        let mut emit = |s: &str, text: &mut String| {
+            if !s.is_empty() {
+                on_text(s);
+                text.push_str(s);
+            }
+        };
+        while ids.len() < budget {
+            if let Some(f) = on_step.as_deref_mut() {
+                f(&logits);
+            }
+            let next = sampler.sample(&logits, &ids);
+            ids.push(next);
+            if self.stop_ids.contains(&next) || opts.stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let piece = stream.push(next).map_err(|e| EngineError::Request(e.to_string()))?;
+            let out = stops.push(&piece);
+            emit(&out.text, &mut text);
+            if out.is_stop() {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if ids.len() >= budget {
+                break;
+            }
+            let mut out = self.model.forward(
+                &mut [SeqInput {
+                    ids: &[next],
+                    images: &[],
+                    decode: true,
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }],
+                None,
+            )?;
+            let l = out
+                .pop()
+                .flatten()
+                .ok_or_else(|| EngineError::Request("model returned no logits".into()))?;
+            logits = l.squeeze(0)?.to_vec1()?;
+        }
+        if !stops.is_stopped() {
+            let rest = stream.finish();
+            let out = stops.push(&rest);
+            emit(&out.text, &mut text);
+            if !out.is_stop() {
+                emit(&stops.finish().text, &mut text);
+            }
+        }
+        Ok(Generation {
+            ids,
+            text,
+            finish,
+            prompt_tokens,
+            prefill_secs: 0.0,
+            decode_secs: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Prepared prompt → answer, streaming text to `on_text`.
+    pub fn generate(
+        &self,
+        p: &Prepared,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        let t0 = Instant::now();
+        let (cache, logits) = self.prefill(p, LogitsWanted::Last, None)?;
+        let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let prefill_secs = t0.elapsed().as_secs_f64();
+        let mut g = self.decode(cache, logits, opts, on_text, None)?;
+        g.prefill_secs = prefill_secs;
+        Ok(g)
+    }
+}
+
+/// A URL or path shortened for messages (data URLs are long).
+fn short(url: &str) -> String {
+    if url.len() > 80 {
+        let cut = url.char_indices().nth(60).map(|(i, _)| i).unwrap_or(url.len());
+        format!("{}…", &url[..cut])
+    } else {
+        url.to_string()
+    }
+}
