@@ -18,7 +18,8 @@ pub struct CheckArgs {
 
 pub fn run(a: CheckArgs) -> Result<i32> {
     let opts = a.compute.load_options()?;
-    let reports = pixlm_engine::check::run_all(&a.dir, &opts, &mut |name| eprintln!("checking {name} …"))?;
+    let reports =
+        pixlm_engine::check::run_all(&a.dir, &opts, &mut |name| eprintln!("checking {name} …"))?;
     let mut failed = 0;
     for r in &reports {
         let status = if r.passed() { "PASS" } else { "FAIL" };
@@ -27,9 +28,19 @@ pub fn run(a: CheckArgs) -> Result<i32> {
             println!("    error: {e}");
         }
         for l in &r.lines {
-            if a.verbose || !l.pass || matches!(l.name.as_str(), "input_ids" | "pixel_values" | "logits_last" | "generated_ids") {
+            if a.verbose
+                || !l.pass
+                || matches!(
+                    l.name.as_str(),
+                    "input_ids" | "pixel_values" | "logits_last" | "generated_ids"
+                )
+            {
                 let mark = if l.pass { "ok  " } else { "FAIL" };
-                let val = if l.tolerance == 0.0 { format!("{}", l.value) } else { format!("{:.2e} (tol {:.0e})", l.value, l.tolerance) };
+                let val = if l.tolerance == 0.0 {
+                    format!("{}", l.value)
+                } else {
+                    format!("{:.2e} (tol {:.0e})", l.value, l.tolerance)
+                };
                 println!("    {mark} {:<22} {val} {}", l.name, l.note);
             }
         }

@@ -10,19 +10,19 @@ use std::path::PathBuf;
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 picks the most likely token every time (greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Sample only among the K most likely tokens (0 = no limit).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Sample from the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than MIN_P times the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise tokens already generated (>1 discourages repeats; 1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
     /// Random seed: the same seed gives the same text.
     #[arg(long)]
@@ -94,16 +94,26 @@ fn user_message(text: &str, images: &[PathBuf]) -> Result<ChatMessage> {
         if !p.is_file() {
             bail!("image {} does not exist", p.display());
         }
-        parts.push(Part::ImageUrl { image_url: ImageUrl { url: p.to_string_lossy().into_owned() } });
+        parts.push(Part::ImageUrl {
+            image_url: ImageUrl {
+                url: p.to_string_lossy().into_owned(),
+            },
+        });
     }
-    parts.push(Part::Text { text: text.to_string() });
-    Ok(ChatMessage { role: "user".into(), content: Content::Parts(parts) })
+    parts.push(Part::Text {
+        text: text.to_string(),
+    });
+    Ok(ChatMessage {
+        role: "user".into(),
+        content: Content::Parts(parts),
+    })
 }
 
 fn load(a: &RunArgs) -> Result<Engine> {
     let dir = resolve_model(&a.model)?;
     let opts = a.compute.load_options()?;
-    let mut engine = Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
+    let mut engine =
+        Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
     if let Some(v) = a.min_pixels {
         engine.preprocess.min_pixels = v;
     }
@@ -111,13 +121,22 @@ fn load(a: &RunArgs) -> Result<Engine> {
         engine.preprocess.max_pixels = v;
     }
     if engine.preprocess.min_pixels > engine.preprocess.max_pixels {
-        bail!("--min-pixels ({}) is larger than --max-pixels ({})", engine.preprocess.min_pixels, engine.preprocess.max_pixels);
+        bail!(
+            "--min-pixels ({}) is larger than --max-pixels ({})",
+            engine.preprocess.min_pixels,
+            engine.preprocess.max_pixels
+        );
     }
     Ok(engine)
 }
 
 /// Generates one answer for `messages`, streaming it to stdout.
-fn answer(engine: &Engine, messages: &[ChatMessage], opts: &GenerateOptions, verbose: bool) -> Result<String> {
+fn answer(
+    engine: &Engine,
+    messages: &[ChatMessage],
+    opts: &GenerateOptions,
+    verbose: bool,
+) -> Result<String> {
     let prepared = engine.prepare(messages, None)?;
     let mut out = std::io::stdout().lock();
     let g = engine.generate(&prepared, opts, &mut |s| {

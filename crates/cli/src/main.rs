@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_check;
 mod cmd_run;
+mod cmd_train;
 mod common;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,12 @@ enum Command {
     Check(cmd_check::CheckArgs),
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Train a NEO-architecture model on the shapes task (checkpoints in the Hugging Face layout).
+    Train(cmd_train::TrainArgs),
+    /// Accuracy of a model on a shapes evaluation directory, overall and per question kind.
+    Eval(cmd_train::EvalArgs),
+    /// Write a shapes evaluation directory (images and questions.jsonl) from a seed.
+    GenShapes(cmd_train::GenShapesArgs),
 }
 
 fn main() {
@@ -40,6 +47,9 @@ fn main() {
         Command::Run(a) => cmd_run::run(a),
         Command::Check(a) => cmd_check::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => cmd_train::train(a),
+        Command::Eval(a) => cmd_train::eval(a),
+        Command::GenShapes(a) => cmd_train::gen_shapes(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

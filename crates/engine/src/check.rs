@@ -42,7 +42,10 @@ impl CaseReport {
 /// a folder of fixture sets. Sorted for a stable order.
 pub fn discover(root: &Path) -> Result<Vec<PathBuf>> {
     if !root.is_dir() {
-        return Err(EngineError::Check(format!("{} is not a directory", root.display())));
+        return Err(EngineError::Check(format!(
+            "{} is not a directory",
+            root.display()
+        )));
     }
     if root.join("case.json").is_file() {
         return Ok(vec![root.to_path_buf()]);
@@ -84,7 +87,11 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Runs every case under `root`, loading each model once. `progress` is told each case's
 /// name as it starts.
-pub fn run_all(root: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<CaseReport>> {
+pub fn run_all(
+    root: &Path,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<CaseReport>> {
     let cases = discover(root)?;
     let mut engines: HashMap<PathBuf, std::result::Result<Engine, String>> = HashMap::new();
     let mut reports = Vec::new();
@@ -92,7 +99,12 @@ pub fn run_all(root: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(&str)) 
         let (set, case) = names(&case_dir);
         progress(&format!("{set}/{case}"));
         let report = match read_json(&case_dir.join("case.json")) {
-            Err(e) => CaseReport { set, case, lines: vec![], error: Some(e.to_string()) },
+            Err(e) => CaseReport {
+                set,
+                case,
+                lines: vec![],
+                error: Some(e.to_string()),
+            },
             Ok(spec) => {
                 let model_dir = case_dir.join(spec["model_dir"].as_str().unwrap_or("../../model"));
                 let key = model_dir.canonicalize().unwrap_or(model_dir.clone());
@@ -100,10 +112,25 @@ pub fn run_all(root: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(&str)) 
                     .entry(key)
                     .or_insert_with(|| Engine::load(&model_dir, opts).map_err(|e| e.to_string()));
                 match engine {
-                    Err(e) => CaseReport { set, case, lines: vec![], error: Some(format!("loading {}: {e}", model_dir.display())) },
+                    Err(e) => CaseReport {
+                        set,
+                        case,
+                        lines: vec![],
+                        error: Some(format!("loading {}: {e}", model_dir.display())),
+                    },
                     Ok(engine) => match run_case(engine, &case_dir, &spec) {
-                        Ok(lines) => CaseReport { set, case, lines, error: None },
-                        Err(e) => CaseReport { set, case, lines: vec![], error: Some(e.to_string()) },
+                        Ok(lines) => CaseReport {
+                            set,
+                            case,
+                            lines,
+                            error: None,
+                        },
+                        Err(e) => CaseReport {
+                            set,
+                            case,
+                            lines: vec![],
+                            error: Some(e.to_string()),
+                        },
                     },
                 }
             }
@@ -114,7 +141,10 @@ pub fn run_all(root: &Path, opts: &LoadOptions, progress: &mut dyn FnMut(&str)) 
 }
 
 fn names(case_dir: &Path) -> (String, String) {
-    let case = case_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let case = case_dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let set = case_dir
         .parent()
         .and_then(|p| p.parent())
@@ -131,7 +161,9 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 fn tol(spec: &Value, name: &str, default: f64) -> f64 {
-    spec["tolerances"]["f32"][name]["max_abs"].as_f64().unwrap_or(default)
+    spec["tolerances"]["f32"][name]["max_abs"]
+        .as_f64()
+        .unwrap_or(default)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -144,7 +176,13 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 fn line(name: &str, value: f64, tolerance: f64, note: impl Into<String>) -> CheckLine {
-    CheckLine { name: name.into(), value, tolerance, pass: value <= tolerance, note: note.into() }
+    CheckLine {
+        name: name.into(),
+        value,
+        tolerance,
+        pass: value <= tolerance,
+        note: note.into(),
+    }
 }
 
 fn exact(name: &str, ours: &[i64], expected: &[i64]) -> CheckLine {
@@ -156,10 +194,114 @@ fn exact(name: &str, ours: &[i64], expected: &[i64]) -> CheckLine {
     let note = if mism == 0 {
         format!("{} equal", ours.len())
     } else {
-        let first = ours.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(ours.len().min(expected.len()));
-        format!("{mism} differ (lengths {} vs {}; first at {first})", ours.len(), expected.len())
+        let first = ours
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours.len().min(expected.len()));
+        format!(
+            "{mism} differ (lengths {} vs {}; first at {first})",
+            ours.len(),
+            expected.len()
+        )
     };
-    CheckLine { name: name.into(), value: mism as f64, tolerance: 0.0, pass: mism == 0, note }
+    CheckLine {
+        name: name.into(),
+        value: mism as f64,
+        tolerance: 0.0,
+        pass: mism == 0,
+        note,
+    }
+}
+
+/// Byte-exact string comparison; the note shows where the strings part.
+fn same_text(name: &str, ours: &str, expected: &str) -> CheckLine {
+    if ours == expected {
+        return CheckLine {
+            name: name.into(),
+            value: 0.0,
+            tolerance: 0.0,
+            pass: true,
+            note: format!("{} bytes identical", ours.len()),
+        };
+    }
+    let at = ours
+        .bytes()
+        .zip(expected.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(ours.len().min(expected.len()));
+    let snippet = |s: &str| {
+        let start = char_floor(s, at.saturating_sub(20));
+        let end = char_floor(s, at + 20);
+        format!("{:?}", &s[start..end])
+    };
+    CheckLine {
+        name: name.into(),
+        value: 1.0,
+        tolerance: 0.0,
+        pass: false,
+        note: format!(
+            "differs at byte {at} (lengths {} vs {}): ours {} expected {}",
+            ours.len(),
+            expected.len(),
+            snippet(ours),
+            snippet(expected)
+        ),
+    }
+}
+
+/// The largest char boundary of `s` at or before byte `i`.
+fn char_floor(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Qwen3-MoE routing: the experts chosen at every prompt position (exact, descending
+/// probability) and their weights, one (L, k) slice per sparse layer.
+fn router_lines(spec: &Value, trace: &Trace, sel: &Tensor, w: &Tensor) -> Result<Vec<CheckLine>> {
+    let mut out = Vec::new();
+    let n_exp = sel.dim(0)?;
+    if let Some(layers) = spec["moe_layers"].as_array() {
+        if layers.len() != n_exp {
+            return Err(EngineError::Check(format!(
+                "case.json lists {} moe_layers but router_selected_experts has {n_exp}",
+                layers.len()
+            )));
+        }
+    }
+    if trace.router.len() != n_exp {
+        out.push(CheckLine {
+            name: "router_layers".into(),
+            value: (trace.router.len() as f64 - n_exp as f64).abs(),
+            tolerance: 0.0,
+            pass: false,
+            note: format!(
+                "the model routed in {} layers, the reference in {n_exp}",
+                trace.router.len()
+            ),
+        });
+        return Ok(out);
+    }
+    let ids: Vec<Tensor> = trace
+        .router
+        .iter()
+        .map(|(i, _)| i.to_dtype(DType::I64))
+        .collect::<candle_core::Result<_>>()?;
+    let ws: Vec<&Tensor> = trace.router.iter().map(|(_, w)| w).collect();
+    let ours_ids: Vec<i64> = Tensor::stack(&ids, 0)?.flatten_all()?.to_vec1()?;
+    let exp_ids: Vec<i64> = sel.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+    out.push(exact("router_selected_experts", &ours_ids, &exp_ids));
+    let ours_w = Tensor::stack(&ws, 0)?;
+    out.push(line(
+        "router_weights",
+        max_abs(&ours_w, w)?,
+        tol(spec, "router_weights", 1e-5),
+        format!("{n_exp} layers"),
+    ));
+    Ok(out)
 }
 
 /// Top-k agreement allowing near-ties: every expected (id, value) must be matched by our
@@ -186,7 +328,10 @@ fn topk_agreement(logits: &[f32], exp_ids: &[i64], exp_vals: &[f32], tol: f64) -
 fn run_case(engine: &Engine, case_dir: &Path, spec: &Value) -> Result<Vec<CheckLine>> {
     let dev = Device::Cpu;
     let exp = candle_core::safetensors::load(case_dir.join("expected.safetensors"), &dev)?;
-    let get = |n: &str| exp.get(n).ok_or_else(|| EngineError::Check(format!("expected.safetensors has no {n}")));
+    let get = |n: &str| {
+        exp.get(n)
+            .ok_or_else(|| EngineError::Check(format!("expected.safetensors has no {n}")))
+    };
     let messages: Vec<ChatMessage> = serde_json::from_value(spec["messages"].clone())
         .map_err(|e| EngineError::Check(format!("case.json messages: {e}")))?;
     let mut pre = engine.preprocess.clone();
@@ -198,25 +343,56 @@ fn run_case(engine: &Engine, case_dir: &Path, spec: &Value) -> Result<Vec<CheckL
             pre.max_pixels = v;
         }
     }
+    let kwargs = match spec.get("chat_template_kwargs") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            return Err(EngineError::Check(format!(
+                "case.json chat_template_kwargs is not an object: {other}"
+            )))
+        }
+    };
     let mut lines = Vec::new();
-    let prepared = engine.prepare_with(&messages, Some(case_dir), &pre)?;
+    let prepared = engine.prepare_with_kwargs(&messages, Some(case_dir), &pre, &kwargs)?;
+    if let Some(want) = spec["prompt"].as_str() {
+        lines.push(same_text("prompt", &prepared.prompt, want));
+    }
     let ids: Vec<i64> = prepared.ids.iter().map(|&i| i as i64).collect();
     let exp_ids: Vec<i64> = get("input_ids")?.to_dtype(DType::I64)?.to_vec1()?;
     lines.push(exact("input_ids", &ids, &exp_ids));
     if exp.contains_key("grid_hw") {
-        let grids: Vec<i64> = prepared.images.iter().flat_map(|i| [i.grid_h as i64, i.grid_w as i64]).collect();
+        let grids: Vec<i64> = prepared
+            .images
+            .iter()
+            .flat_map(|i| [i.grid_h as i64, i.grid_w as i64])
+            .collect();
         let exp_g: Vec<i64> = get("grid_hw")?.flatten_all()?.to_vec1()?;
         lines.push(exact("grid_hw", &grids, &exp_g));
     }
     if let Ok(pv) = get("pixel_values") {
-        let ours: Vec<f32> = prepared.images.iter().flat_map(|i| i.pixels.iter().copied()).collect();
+        let ours: Vec<f32> = prepared
+            .images
+            .iter()
+            .flat_map(|i| i.pixels.iter().copied())
+            .collect();
         let n = ours.len();
         let ours = Tensor::from_vec(ours, n, &dev)?;
-        lines.push(line("pixel_values", max_abs(&ours, pv)?, tol(spec, "pixel_values", 1e-6), ""));
+        lines.push(line(
+            "pixel_values",
+            max_abs(&ours, pv)?,
+            tol(spec, "pixel_values", 1e-6),
+            "",
+        ));
     }
     if let (Ok(thw), Some(neo)) = (get("thw_indexes"), engine.model.as_neo()) {
         let mut cache = pixlm_models::KvCache::new();
-        let input = pixlm_models::SeqInput { ids: &prepared.ids, images: &prepared.images, decode: false, cache: &mut cache, logits: LogitsWanted::None };
+        let input = pixlm_models::SeqInput {
+            ids: &prepared.ids,
+            images: &prepared.images,
+            decode: false,
+            cache: &mut cache,
+            logits: LogitsWanted::None,
+        };
         let p = neo.positions(&input, &pixlm_models::KvCache::new())?;
         let ours: Vec<i64> = p.t.iter().chain(&p.h).chain(&p.w).copied().collect();
         let expv: Vec<i64> = thw.flatten_all()?.to_vec1()?;
@@ -239,10 +415,18 @@ fn run_case(engine: &Engine, case_dir: &Path, spec: &Value) -> Result<Vec<CheckL
             lines.push(line(name, max_abs(o, e)?, tol(spec, name, default), ""));
         }
     }
+    if let (Ok(sel), Ok(w)) = (get("router_selected_experts"), get("router_weights")) {
+        lines.extend(router_lines(spec, &trace, sel, w)?);
+    }
     let n = logits.dim(0)?;
     let last = logits.get(n - 1)?;
     let logit_tol = tol(spec, "logits_last", 1e-4);
-    lines.push(line("logits_last", max_abs(&last, get("logits_last")?)?, logit_tol, ""));
+    lines.push(line(
+        "logits_last",
+        max_abs(&last, get("logits_last")?)?,
+        logit_tol,
+        "",
+    ));
     let all: Vec<Vec<f32>> = logits.to_vec2()?;
     if let (Ok(ti), Ok(tv)) = (get("prompt_top10_ids"), get("prompt_top10_values")) {
         let ti: Vec<Vec<i64>> = ti.to_vec2()?;
@@ -254,19 +438,41 @@ fn run_case(engine: &Engine, case_dir: &Path, spec: &Value) -> Result<Vec<CheckL
             err = err.max(e);
             bad += b;
         }
-        lines.push(line("prompt_top10_values", err, t, format!("{} positions", ti.len())));
-        lines.push(CheckLine { name: "prompt_top10_ids".into(), value: bad as f64, tolerance: 0.0, pass: bad == 0, note: "near-ties allowed".into() });
+        lines.push(line(
+            "prompt_top10_values",
+            err,
+            t,
+            format!("{} positions", ti.len()),
+        ));
+        lines.push(CheckLine {
+            name: "prompt_top10_ids".into(),
+            value: bad as f64,
+            tolerance: 0.0,
+            pass: bad == 0,
+            note: "near-ties allowed".into(),
+        });
     }
     // Greedy continuation with the KV cache, recording the logits behind each token.
     let exp_gen: Vec<i64> = spec["expected"]["generated_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
         .unwrap_or_default();
-    let max_new = spec["generation"]["max_new_tokens"].as_u64().unwrap_or(exp_gen.len() as u64) as usize;
+    let max_new = spec["generation"]["max_new_tokens"]
+        .as_u64()
+        .unwrap_or(exp_gen.len() as u64) as usize;
     let mut steps: Vec<Vec<f32>> = Vec::new();
     let mut on_step = |l: &[f32]| steps.push(l.to_vec());
-    let opts = GenerateOptions { max_new_tokens: max_new, ..Default::default() };
-    let g = engine.decode(cache, all[n - 1].clone(), &opts, &mut |_| {}, Some(&mut on_step))?;
+    let opts = GenerateOptions {
+        max_new_tokens: max_new,
+        ..Default::default()
+    };
+    let g = engine.decode(
+        cache,
+        all[n - 1].clone(),
+        &opts,
+        &mut |_| {},
+        Some(&mut on_step),
+    )?;
     let ours: Vec<i64> = g.ids.iter().map(|&i| i as i64).collect();
     let mut gl = exact("generated_ids", &ours, &exp_gen);
     if let Some(m) = spec["expected"]["greedy_min_top2_margin"].as_f64() {
@@ -286,8 +492,35 @@ fn run_case(engine: &Engine, case_dir: &Path, spec: &Value) -> Result<Vec<CheckL
         if steps.len() < ti.len() {
             bad += ti.len() - steps.len();
         }
-        lines.push(line("decode_top10_values", err, t, format!("{} steps", steps.len().min(ti.len()))));
-        lines.push(CheckLine { name: "decode_top10_ids".into(), value: bad as f64, tolerance: 0.0, pass: bad == 0, note: "near-ties allowed".into() });
+        lines.push(line(
+            "decode_top10_values",
+            err,
+            t,
+            format!("{} steps", steps.len().min(ti.len())),
+        ));
+        lines.push(CheckLine {
+            name: "decode_top10_ids".into(),
+            value: bad as f64,
+            tolerance: 0.0,
+            pass: bad == 0,
+            note: "near-ties allowed".into(),
+        });
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_comparison_names_the_first_difference() {
+        assert!(same_text("prompt", "héllo", "héllo").pass);
+        let l = same_text("prompt", "<think>\n\n</think>é", "<think>\n</think>é");
+        assert!(!l.pass);
+        assert!(l.note.contains("differs at byte 8"), "{}", l.note);
+        // Snippets cut at char boundaries even around multi-byte text.
+        let l = same_text("prompt", &"é".repeat(30), &format!("{}x", "é".repeat(15)));
+        assert!(!l.pass && l.note.contains("byte 30"), "{}", l.note);
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::messages::ChatMessage;
-use crate::prompt;
+use crate::prompt::{self, ChatTemplate};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stream::{StopMatcher, StreamDecoder};
 use candle_core::Tensor;
@@ -14,6 +14,7 @@ use pixlm_models::{
     ImageInput, KvCache, LoadOptions, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput,
     Trace,
 };
+use serde_json::{Map, Value as Json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokenizers::Tokenizer;
@@ -31,6 +32,12 @@ pub struct Engine {
     pub tokenizer: Tokenizer,
     pub family: Family,
     pub dir: PathBuf,
+    /// The checkpoint's chat template (text models build their prompt with it; NEO uses its
+    /// fixed `neo1_0` format). `None` when the directory has none.
+    pub chat_template: Option<ChatTemplate>,
+    /// Keyword arguments every chat-template render gets unless the caller passes its own
+    /// (`prepare_with_kwargs`), e.g. `{"enable_thinking": false}`.
+    pub template_kwargs: Map<String, Json>,
     /// Token ids that end generation (the chat end token).
     pub stop_ids: Vec<u32>,
     /// Longest prompt + generation the engine accepts.
@@ -105,6 +112,34 @@ fn tok_err(path: &Path, what: impl Into<String>) -> EngineError {
     }
 }
 
+/// `eos_token_id` of `generation_config.json` (a number or a list), if the file has one.
+pub fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>> {
+    let path = dir.join("generation_config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(tok_err(&path, e.to_string())),
+    };
+    let v: Json = serde_json::from_str(&text).map_err(|e| tok_err(&path, e.to_string()))?;
+    let bad = || {
+        tok_err(
+            &path,
+            "eos_token_id must be a token id or a list of token ids",
+        )
+    };
+    let id = |x: &Json| {
+        x.as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(bad)
+    };
+    match v.get("eos_token_id") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Array(a)) if a.is_empty() => Ok(None),
+        Some(Json::Array(a)) => a.iter().map(id).collect::<Result<Vec<_>>>().map(Some),
+        Some(x) => Ok(Some(vec![id(x)?])),
+    }
+}
+
 /// Looks a special token up by its string (ids are never hard-coded).
 pub fn token_id(tok: &Tokenizer, path: &Path, s: &str) -> Result<u32> {
     tok.token_to_id(s)
@@ -122,14 +157,15 @@ impl Engine {
                 what: "tokenizer.json".into(),
             }));
         }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e.to_string()))?;
         let (family, stop_ids, context_limit, preprocess) = match &config {
             ModelConfig::Neo(c) => {
                 if let Some(t) = &c.template {
                     if t != "neo1_0" {
-                        return Err(EngineError::Model(pixlm_models::ModelError::Unsupported(format!(
-                            "conversation template {t:?} (pixlm knows neo1_0)"
-                        ))));
+                        return Err(EngineError::Model(pixlm_models::ModelError::Unsupported(
+                            format!("conversation template {t:?} (pixlm knows neo1_0)"),
+                        )));
                     }
                 }
                 let ids = NeoSpecialIds {
@@ -150,11 +186,16 @@ impl Engine {
                 (Family::Neo(ids), vec![stop], limit, pre)
             }
             ModelConfig::Qwen3(c) => {
-                let stop = token_id(&tokenizer, &tok_path, "<|im_end|>")?;
-                let mut stops = vec![stop];
-                if let Some(e) = tokenizer.token_to_id("<|endoftext|>") {
-                    stops.push(e);
-                }
+                let stops = match generation_eos_ids(dir)? {
+                    Some(ids) => ids,
+                    None => {
+                        let mut stops = vec![token_id(&tokenizer, &tok_path, "<|im_end|>")?];
+                        if let Some(e) = tokenizer.token_to_id("<|endoftext|>") {
+                            stops.push(e);
+                        }
+                        stops
+                    }
+                };
                 let limit = c.max_position_embeddings.unwrap_or(32768);
                 (Family::Qwen3, stops, limit, PreprocessConfig::default())
             }
@@ -163,6 +204,7 @@ impl Engine {
             Family::Neo(ids) => Some(ids),
             _ => None,
         };
+        let chat_template = ChatTemplate::load(dir)?;
         let model = Model::load(dir, &config, neo_ids, opts)?;
         Ok(Self {
             model,
@@ -170,6 +212,8 @@ impl Engine {
             tokenizer,
             family,
             dir: dir.to_path_buf(),
+            chat_template,
+            template_kwargs: Map::new(),
             stop_ids,
             context_limit,
             preprocess,
@@ -180,7 +224,11 @@ impl Engine {
 
     /// Reads an image given as a `data:` URL, a `file://` URL or a path (relative paths are
     /// taken from `base_dir` when given). Remote URLs are refused here.
-    pub fn load_image(&self, url: &str, base_dir: Option<&Path>) -> Result<pixlm_media::image::RgbImage> {
+    pub fn load_image(
+        &self,
+        url: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<pixlm_media::image::RgbImage> {
         let err = |source| EngineError::Image {
             source_name: short(url),
             source,
@@ -198,7 +246,9 @@ impl Engine {
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
-                .map_err(|e| EngineError::Request(format!("data URL {}: bad base64: {e}", short(url))))?;
+                .map_err(|e| {
+                    EngineError::Request(format!("data URL {}: bad base64: {e}", short(url)))
+                })?;
             return pixlm_media::decode_image(&bytes, &self.decode_limits).map_err(err);
         }
         if url.starts_with("http://") || url.starts_with("https://") {
@@ -220,11 +270,25 @@ impl Engine {
         self.prepare_with(messages, base_dir, &self.preprocess)
     }
 
+    /// `prepare` with explicit image preprocessing; the chat template gets
+    /// `self.template_kwargs`.
     pub fn prepare_with(
         &self,
         messages: &[ChatMessage],
         base_dir: Option<&Path>,
         pre: &PreprocessConfig,
+    ) -> Result<Prepared> {
+        self.prepare_with_kwargs(messages, base_dir, pre, &self.template_kwargs)
+    }
+
+    /// `prepare_with`, the chat template rendered with `template_kwargs` (e.g.
+    /// `{"enable_thinking": false}`; ignored by NEO, whose `neo1_0` format takes none).
+    pub fn prepare_with_kwargs(
+        &self,
+        messages: &[ChatMessage],
+        base_dir: Option<&Path>,
+        pre: &PreprocessConfig,
+        template_kwargs: &Map<String, Json>,
     ) -> Result<Prepared> {
         let (prompt_text, images, image_info) = match &self.family {
             Family::Neo(_) => {
@@ -261,9 +325,22 @@ impl Engine {
                 (prompt::expand_images(&parts.text, &counts), images, info)
             }
             Family::Qwen3 => {
-                return Err(EngineError::Request(
-                    "text-model chat templates are not implemented yet".into(),
-                ))
+                let t = self.chat_template.as_ref().ok_or_else(|| {
+                    EngineError::Template(format!(
+                        "{} has no chat template (no chat_template in tokenizer_config.json, \
+                         no chat_template.jinja), so a chat prompt cannot be built for this \
+                         text model",
+                        self.dir.display()
+                    ))
+                })?;
+                if messages.is_empty() {
+                    return Err(EngineError::Request("no messages".into()));
+                }
+                (
+                    t.render(messages, true, template_kwargs)?,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
         };
         let enc = self
@@ -319,7 +396,7 @@ impl Engine {
         first_logits: Vec<f32>,
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
-        mut on_step: Option<&mut dyn FnMut(&[f32])>,
+        mut on_step: Option<StepObserver<'_>>,
     ) -> Result<Generation> {
         let prompt_tokens = cache.len();
         let mut sampler = Sampler::new(opts.sampling.clone())?;
@@ -349,7 +426,9 @@ impl Engine {
                 finish = FinishReason::Stop;
                 break;
             }
-            let piece = stream.push(next).map_err(|e| EngineError::Request(e.to_string()))?;
+            let piece = stream
+                .push(next)
+                .map_err(|e| EngineError::Request(e.to_string()))?;
             let out = stops.push(&piece);
             emit(&out.text, &mut text);
             if out.is_stop() {
@@ -410,10 +489,17 @@ impl Engine {
     }
 }
 
+/// A callback that sees the logits behind every generated token.
+pub type StepObserver<'a> = &'a mut dyn FnMut(&[f32]);
+
 /// A URL or path shortened for messages (data URLs are long).
 fn short(url: &str) -> String {
     if url.len() > 80 {
-        let cut = url.char_indices().nth(60).map(|(i, _)| i).unwrap_or(url.len());
+        let cut = url
+            .char_indices()
+            .nth(60)
+            .map(|(i, _)| i)
+            .unwrap_or(url.len());
         format!("{}…", &url[..cut])
     } else {
         url.to_string()

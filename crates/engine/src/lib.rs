@@ -5,6 +5,7 @@
 //! `sampler` (logits to the next token), `stream` (UTF-8-safe incremental detokenizing and
 //! stop strings), `check` (parity against reference fixtures).
 
+pub mod batch;
 pub mod check;
 pub mod engine;
 pub mod error;

@@ -526,19 +526,20 @@ impl Sampler {
             return argmax(&self.scores);
         }
         let target = self.rng.random::<f64>() * total;
+        // The block holding the target (or, after rounding, the last non-empty one) and the
+        // mass before it.
         let mut acc = 0.0f64;
-        let mut block = None;
+        let mut chosen = None;
         for (b, &s) in self.blocks.iter().enumerate() {
             if s > 0.0 {
-                block = Some(b);
+                chosen = Some((b, acc));
                 if target < acc + s {
                     break;
                 }
                 acc += s;
             }
         }
-        // `block` is the block holding the target, or (after rounding) the last non-empty.
-        let Some(b) = block else {
+        let Some((b, mut acc)) = chosen else {
             return argmax(&self.scores);
         };
         let start = b * DRAW_BLOCK;

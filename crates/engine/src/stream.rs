@@ -38,9 +38,11 @@ const REPLACEMENT: char = '\u{FFFD}';
 /// add spaces behave as they do on the whole sequence), so each push decodes only a few ids.
 ///
 /// Token ids the tokenizer does not know (the model's embedding usually has more rows than
-/// the tokenizer has ids, e.g. 151936 rows for the 151669 ids of Qwen3's tokenizer) decode to the empty string
-/// and are otherwise ignored; `tokenizers::Tokenizer::decode` silently drops such ids too,
-/// so the stream still equals `tokenizer.decode(all_ids)`.
+/// the tokenizer has ids, e.g. 151936 rows for the 151669 ids of Qwen3's tokenizer) decode
+/// to the empty string and are otherwise ignored. `tokenizers::Tokenizer::decode` (0.22)
+/// silently drops such ids too rather than failing, so the stream still equals
+/// `tokenizer.decode(all_ids)`; checking `id_to_token` first also keeps them out of the
+/// decode window.
 #[derive(Clone)]
 pub struct StreamDecoder {
     tokenizer: Arc<Tokenizer>,
@@ -117,14 +119,21 @@ impl StreamDecoder {
             return Ok(String::new());
         }
         self.ids.push(id);
-        let full = self.decode_window()?;
+        let full = match self.decode_window() {
+            Ok(full) => full,
+            Err(e) => {
+                // Leave the state as before this id, so later pushes are not poisoned.
+                self.ids.pop();
+                return Err(e);
+            }
+        };
         let start = self.common_start(&full);
         let stable = full.trim_end_matches(REPLACEMENT);
         let pending_tokens = self.ids.len() - self.read;
         if stable.len() == full.len() || pending_tokens > MAX_PENDING_TOKENS {
             // Everything decoded is final: emit it and shrink the window to this chunk.
             let out = full.get(start..).unwrap_or_default().to_string();
-            self.compact()?;
+            self.compact();
             Ok(out)
         } else {
             // Hold back the trailing U+FFFD run; emit what precedes it.
@@ -136,24 +145,21 @@ impl StreamDecoder {
     }
 
     /// Byte offset in `full` from which new text starts: the length of the emitted prefix.
-    /// If `full` no longer starts with it (a decoder rewrote earlier text, which byte-level
-    /// BPE never does), fall back to the longest common prefix on a character boundary.
+    ///
+    /// Text is expected only to grow at the end. If `full` no longer starts with the emitted
+    /// prefix (a decoder that rewrites earlier text; byte-level BPE never does), the same
+    /// number of bytes is skipped, rounded down to a character boundary: nothing is emitted
+    /// twice, at the cost of possibly missing the rewritten characters. Logged at debug.
     fn common_start(&self, full: &str) -> usize {
         if full.starts_with(self.emitted.as_str()) {
             return self.emitted.len();
         }
-        let common = full
-            .char_indices()
-            .zip(self.emitted.chars())
-            .find(|((_, a), b)| a != b)
-            .map_or(full.len().min(self.emitted.len()), |((i, _), _)| i);
         tracing::debug!(
             emitted = %self.emitted,
             full = %full,
             "stream decoder: window text changed before the emitted point"
         );
-        // Avoid re-emitting: start after the emitted length where possible.
-        let mut start = self.emitted.len().max(common).min(full.len());
+        let mut start = self.emitted.len().min(full.len());
         while !full.is_char_boundary(start) {
             start -= 1;
         }
@@ -162,12 +168,18 @@ impl StreamDecoder {
 
     /// All window text is emitted: keep the tokens since the last compaction as left
     /// context for the next ones (HF `prefix_offset = read_offset` scheme).
-    fn compact(&mut self) -> Result<(), StreamError> {
+    fn compact(&mut self) {
         let context_start = self.read;
         self.ids.drain(..context_start);
         self.read = self.ids.len();
-        self.emitted = self.decode_window()?;
-        Ok(())
+        match self.decode_window() {
+            Ok(text) => self.emitted = text,
+            Err(e) => {
+                // Only the left context is lost; the stream goes on.
+                tracing::warn!("stream decoder: dropping context after decode error: {e}");
+                self.reset();
+            }
+        }
     }
 
     /// Flushes the text still held back (an invalid trailing byte sequence comes out as
@@ -400,10 +412,11 @@ mod tests {
     #[test]
     fn stream_equals_full_decode_and_never_splits_characters() {
         let Some(tok) = qwen_tokenizer() else { return };
+        let shared = Arc::new(tok.clone());
         for &text in TEXTS {
             let ids = encode(&tok, text);
             let want = tok.decode(&ids, true).expect("decode");
-            let mut dec = StreamDecoder::new(&tok, true);
+            let mut dec = StreamDecoder::from_shared(shared.clone(), true);
             let chunks = stream(&mut dec, &ids);
             for c in &chunks {
                 assert!(
@@ -453,6 +466,39 @@ mod tests {
         }
         out.push_str(&dec.finish());
         assert_eq!(out, tok.decode(&ids, false).expect("decode"));
+    }
+
+    #[test]
+    fn random_token_sequences_match_full_decode() {
+        let Some(tok) = qwen_tokenizer() else { return };
+        let shared = Arc::new(tok.clone());
+        // Random ids produce many partial and invalid byte sequences.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for trial in 0..40 {
+            let len = 20 + (next() % 200) as usize;
+            let ids: Vec<u32> = (0..len)
+                .map(|_| match next() % 10 {
+                    // Mostly byte-ish tokens (ids < 256 are single bytes), some specials,
+                    // some ids past the vocabulary.
+                    0..=4 => (next() % 256) as u32,
+                    5 => 151_643 + (next() % 30) as u32,
+                    6 => 151_669 + (next() % 300) as u32,
+                    _ => (next() % 151_643) as u32,
+                })
+                .collect();
+            for skip in [false, true] {
+                let mut dec = StreamDecoder::from_shared(shared.clone(), skip);
+                let got = stream(&mut dec, &ids).concat();
+                let want = tok.decode(&ids, skip).expect("decode");
+                assert_eq!(got, want, "trial {trial} skip {skip} ids {ids:?}");
+            }
+        }
     }
 
     #[test]

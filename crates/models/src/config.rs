@@ -101,7 +101,7 @@ impl TextConfig {
         self.num_experts > 0
             && !self.mlp_only_layers.contains(&i)
             && self.decoder_sparse_step > 0
-            && (i + 1) % self.decoder_sparse_step == 0
+            && (i + 1).is_multiple_of(self.decoder_sparse_step)
     }
 
     /// Checks the values the forward relies on, so a bad file fails at load, not mid-forward.
@@ -117,7 +117,9 @@ impl TextConfig {
         }
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return bad(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
@@ -125,7 +127,7 @@ impl TextConfig {
             ));
         }
         let hd = self.head_dim();
-        if hd == 0 || hd % 4 != 0 {
+        if hd == 0 || !hd.is_multiple_of(4) {
             return bad(format!("head_dim {hd} must be a positive multiple of 4"));
         }
         if let Some(rs) = &self.rope_scaling {
@@ -251,10 +253,10 @@ impl NeoConfig {
                 v.downsample_ratio
             ));
         }
-        if v.hidden_size % 4 != 0 || v.patch_size == 0 || v.num_channels != 3 {
+        if !v.hidden_size.is_multiple_of(4) || v.patch_size == 0 || v.num_channels != 3 {
             return bad("vision_config: hidden_size must be a multiple of 4, patch_size positive, num_channels 3".into());
         }
-        if self.llm_config.head_dim() % 4 != 0 {
+        if !self.llm_config.head_dim().is_multiple_of(4) {
             return bad("llm head_dim must be a multiple of 4 for the H/W split".into());
         }
         Ok(())

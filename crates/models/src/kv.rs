@@ -44,7 +44,12 @@ impl KvCache {
 
     /// Appends this step's keys (n_kv, n, dk) and values (n_kv, n, dv) for `layer`, returning
     /// the whole cache of that layer.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         if self.layers.len() <= layer {
             self.layers.resize(layer + 1, None);
         }

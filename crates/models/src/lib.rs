@@ -37,7 +37,11 @@ impl ImageInput {
     }
 
     fn validate(&self, patch: usize) -> Result<()> {
-        if self.grid_h == 0 || self.grid_w == 0 || self.grid_h % 2 != 0 || self.grid_w % 2 != 0 {
+        if self.grid_h == 0
+            || self.grid_w == 0
+            || !self.grid_h.is_multiple_of(2)
+            || !self.grid_w.is_multiple_of(2)
+        {
             return Err(ModelError::Input(format!(
                 "image patch grid {}x{} must be non-empty and even",
                 self.grid_h, self.grid_w
@@ -70,8 +74,8 @@ pub struct SeqInput<'a> {
 
 /// A loaded model of any supported architecture.
 pub enum Model {
-    Neo(neo::Neo),
-    Qwen3(qwen3::Qwen3),
+    Neo(Box<neo::Neo>),
+    Qwen3(Box<qwen3::Qwen3>),
 }
 
 /// Where and in which dtype to compute.
@@ -113,17 +117,23 @@ impl Model {
         match cfg {
             ModelConfig::Neo(c) => {
                 let ids = neo_ids.ok_or_else(|| {
-                    ModelError::Unsupported("NEO needs the ids of <img>, </img>, <IMG_CONTEXT>".into())
+                    ModelError::Unsupported(
+                        "NEO needs the ids of <img>, </img>, <IMG_CONTEXT>".into(),
+                    )
                 })?;
-                Ok(Model::Neo(neo::Neo::load(vb, c, ids)?))
+                Ok(Model::Neo(Box::new(neo::Neo::load(vb, c, ids)?)))
             }
-            ModelConfig::Qwen3(c) => Ok(Model::Qwen3(qwen3::Qwen3::load(vb, c)?)),
+            ModelConfig::Qwen3(c) => Ok(Model::Qwen3(Box::new(qwen3::Qwen3::load(vb, c)?))),
         }
     }
 
     /// Runs one packed forward over every sequence of `batch`, appending to their caches.
     /// Returns, per sequence, the logits it asked for as an (n, vocab) f32 tensor.
-    pub fn forward(&self, batch: &mut [SeqInput], trace: Option<&mut Trace>) -> Result<Vec<Option<Tensor>>> {
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput],
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<Option<Tensor>>> {
         match self {
             Model::Neo(m) => m.forward(batch, trace),
             Model::Qwen3(m) => m.forward(batch, trace),

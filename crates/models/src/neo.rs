@@ -42,8 +42,8 @@ impl PatchEmbedding {
         let patch_w = weights::get(&vb, (c, 3, p, p), "patch_embedding.weight", init)?
             .reshape((c, 3 * p * p))?;
         let patch_b = weights::get(&vb, c, "patch_embedding.bias", candle_nn::Init::Const(0.))?;
-        let dense_w = weights::get(&vb, (d, c, 2, 2), "dense_embedding.weight", init)?
-            .reshape((d, 4 * c))?;
+        let dense_w =
+            weights::get(&vb, (d, c, 2, 2), "dense_embedding.weight", init)?.reshape((d, 4 * c))?;
         let dense_b = weights::get(&vb, d, "dense_embedding.bias", candle_nn::Init::Const(0.))?;
         Ok(Self {
             patch_w,
@@ -295,8 +295,8 @@ mod tests {
     fn spec_worked_example() {
         // Spec §2/§6.1: a 2x2-token image (4x4 patches) in the single-image prompt.
         let ids = [
-            151644, 872, 198, 151670, 151669, 151669, 151669, 151669, 151671, 198, 3838, 374,
-            304, 419, 2168, 30, 151645, 198, 151644, 77091, 198,
+            151644, 872, 198, 151670, 151669, 151669, 151669, 151669, 151671, 198, 3838, 374, 304,
+            419, 2168, 30, 151645, 198, 151644, 77091, 198,
         ];
         let img = image(4, 4);
         let p = prompt_positions(&ids, &[&img], &SP, 2, -1, None).unwrap();
@@ -313,7 +313,9 @@ mod tests {
     #[test]
     fn two_images_max_t() {
         // Addendum 1: <img> C C </img> <img> C C </img>: T = 0 1 1 2 3 4 4 5.
-        let ids = [151670, 151669, 151669, 151671, 151670, 151669, 151669, 151671];
+        let ids = [
+            151670, 151669, 151669, 151671, 151670, 151669, 151669, 151671,
+        ];
         let (a, b) = (image(2, 4), image(2, 4));
         let p = prompt_positions(&ids, &[&a, &b], &SP, 2, -1, None).unwrap();
         assert_eq!(p.t, vec![0, 1, 1, 2, 3, 4, 4, 5]);

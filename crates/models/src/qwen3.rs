@@ -1,4 +1,7 @@
-//! Qwen3 (`Qwen3ForCausalLM`): the shared backbone with plain 1-D RoPE, positions 0, 1, 2, …
+//! Qwen3 (`Qwen3ForCausalLM`) and Qwen3-MoE (`Qwen3MoeForCausalLM`): the shared backbone with
+//! plain 1-D RoPE, positions 0, 1, 2, … The MoE variant differs only in its feed-forward:
+//! the layers `TextConfig::is_moe_layer` names use a mixture of experts (`layers::moe`), the
+//! others the dense gated MLP.
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
@@ -13,11 +16,6 @@ pub struct Qwen3 {
 
 impl Qwen3 {
     pub fn load(vb: &VarBuilder, cfg: &TextConfig) -> Result<Self> {
-        if cfg.num_experts > 0 {
-            return Err(ModelError::Unsupported(
-                "qwen3_moe (mixture-of-experts) checkpoints are not supported yet".into(),
-            ));
-        }
         let tied = cfg.tie_word_embeddings.unwrap_or(false);
         Ok(Self {
             backbone: Backbone::load(vb, cfg, tied, false)?,
@@ -37,7 +35,9 @@ impl Qwen3 {
         let mut ids = Vec::new();
         for s in batch.iter() {
             if !s.images.is_empty() {
-                return Err(ModelError::Input("this is a text-only model; images are not accepted".into()));
+                return Err(ModelError::Input(
+                    "this is a text-only model; images are not accepted".into(),
+                ));
             }
             let start = s.cache.last_t();
             pos.t.extend((1..=s.ids.len() as i64).map(|i| start + i));

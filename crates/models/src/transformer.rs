@@ -1,5 +1,6 @@
 //! The Qwen3-style decoder backbone shared by Qwen3 and NEO: embeddings, decoder layers
-//! (RMSNorm, attention with per-head q/k norms and RoPE, gated MLP), final norm, output head.
+//! (RMSNorm, attention with per-head q/k norms and RoPE, a feed-forward that is a gated MLP
+//! or, for Qwen3-MoE's sparse layers, a mixture of experts), final norm, output head.
 //! NEO adds the H/W query/key projections (Native-RoPE), switched on by `NativeRope`.
 //!
 //! Forward takes a packed batch: the new tokens of several sequences in one (N, hidden)
@@ -9,7 +10,7 @@
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
-use crate::layers::{attention, block_mask, rope, GatedMlp, Linear, RmsNorm};
+use crate::layers::{attention, block_mask, rope, GatedMlp, Linear, MoeBlock, RmsNorm};
 use crate::weights;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -60,6 +61,9 @@ pub struct Trace {
     pub inputs_embeds: Option<Tensor>,
     pub hidden_layer0: Option<Tensor>,
     pub hidden_final_norm: Option<Tensor>,
+    /// Per mixture-of-experts layer, in layer order: the experts chosen for every token,
+    /// (N, k) u32 in descending probability, and their weights, (N, k) f32.
+    pub router: Vec<(Tensor, Tensor)>,
 }
 
 struct NativeRopeProj {
@@ -122,7 +126,13 @@ impl SelfAttention {
     }
 
     /// Queries and keys: [T (hd) | H (hd/2) | W (hd/2)] per head for Native-RoPE, else T only.
-    fn project(&self, x: &Tensor, heads: usize, which_q: bool, tables: &RopeTables) -> Result<Tensor> {
+    fn project(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        which_q: bool,
+        tables: &RopeTables,
+    ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let hd = self.head_dim;
         let (lin, norm) = if which_q {
@@ -187,11 +197,48 @@ impl SelfAttention {
     }
 }
 
+/// A decoder layer's feed-forward, chosen per layer (`TextConfig::is_moe_layer`).
+enum FeedForward {
+    Dense(GatedMlp),
+    Moe(MoeBlock),
+}
+
+impl FeedForward {
+    fn load(vb: &VarBuilder, cfg: &TextConfig, layer: usize) -> Result<Self> {
+        Ok(if cfg.is_moe_layer(layer) {
+            FeedForward::Moe(MoeBlock::load(
+                vb,
+                cfg.hidden_size,
+                cfg.moe_intermediate_size,
+                cfg.num_experts,
+                cfg.num_experts_per_tok,
+                cfg.norm_topk_prob,
+            )?)
+        } else {
+            FeedForward::Dense(GatedMlp::load(vb, cfg.hidden_size, cfg.intermediate_size)?)
+        })
+    }
+
+    /// The routing decision is recorded in `trace` when one is given.
+    fn forward(&self, x: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
+        match self {
+            FeedForward::Dense(m) => m.forward(x),
+            FeedForward::Moe(m) => {
+                let (y, r) = m.forward_with_routing(x)?;
+                if let Some(t) = trace {
+                    t.router.push((r.experts, r.weights.to_dtype(DType::F32)?));
+                }
+                Ok(y)
+            }
+        }
+    }
+}
+
 struct DecoderLayer {
     input_ln: RmsNorm,
     post_ln: RmsNorm,
     attn: SelfAttention,
-    mlp: GatedMlp,
+    mlp: FeedForward,
 }
 
 /// The decoder stack with its embeddings and output head.
@@ -235,14 +282,19 @@ impl Backbone {
                     "post_attention_layernorm",
                 )?,
                 attn: SelfAttention::load(&l.pp("self_attn"), cfg, native_rope)?,
-                mlp: GatedMlp::load(&l.pp("mlp"), cfg.hidden_size, cfg.intermediate_size)?,
+                mlp: FeedForward::load(&l.pp("mlp"), cfg, i)?,
             });
         }
         let norm = RmsNorm::load(&m, cfg.hidden_size, cfg.rms_norm_eps, "norm")?;
         let lm_head = if tied {
             embed.clone()
         } else {
-            weights::get(vb, (cfg.vocab_size, cfg.hidden_size), "lm_head.weight", init)?
+            weights::get(
+                vb,
+                (cfg.vocab_size, cfg.hidden_size),
+                "lm_head.weight",
+                init,
+            )?
         };
         let hd = cfg.head_dim();
         Ok(Self {
@@ -285,7 +337,9 @@ impl Backbone {
         let t = rope::tables(&pos.t, &self.inv_t, &self.device)?;
         let hw = if self.native_rope {
             if pos.h.len() != pos.t.len() || pos.w.len() != pos.t.len() {
-                return Err(ModelError::Input("H/W positions missing for Native-RoPE".into()));
+                return Err(ModelError::Input(
+                    "H/W positions missing for Native-RoPE".into(),
+                ));
             }
             Some((
                 rope::tables(&pos.h, &self.inv_hw, &self.device)?,
@@ -322,12 +376,15 @@ impl Backbone {
             seq_t.push(pos.t[off..off + s.len].to_vec());
             off += s.len;
         }
+        if let Some(t) = trace.as_deref_mut() {
+            t.router.clear();
+        }
         let mut h = x.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let a = layer.input_ln.forward(&h)?;
             h = (h + layer.attn.forward(i, &a, seqs, &seq_t, &tables)?)?;
             let m = layer.post_ln.forward(&h)?;
-            h = (h + layer.mlp.forward(&m)?)?;
+            h = (h + layer.mlp.forward(&m, trace.as_deref_mut())?)?;
             if i == 0 {
                 if let Some(t) = trace.as_deref_mut() {
                     t.hidden_layer0 = Some(h.clone());
@@ -338,7 +395,7 @@ impl Backbone {
             s.cache.commit(t, s.last_id);
         }
         let hn = self.norm.forward(&h)?;
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.hidden_final_norm = Some(hn.clone());
         }
         // Gather the rows whose logits are wanted and run the head once for all of them.

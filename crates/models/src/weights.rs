@@ -39,7 +39,9 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             if file.contains('/') || file.contains("..") {
                 return Err(ModelError::Config {
                     path: index.clone(),
-                    msg: format!("weight_map entry {name:?} points outside the directory: {file:?}"),
+                    msg: format!(
+                        "weight_map entry {name:?} points outside the directory: {file:?}"
+                    ),
                 });
             }
             shards.insert(file.to_string());
@@ -116,8 +118,8 @@ fn check_header(path: &Path) -> Result<()> {
     let mut h = vec![0u8; hlen as usize];
     f.read_exact(&mut h)
         .map_err(|_| bad("truncated header".into()))?;
-    let v: serde_json::Value = serde_json::from_slice(&h)
-        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&h).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| bad("header is not a JSON object".into()))?;

@@ -3,13 +3,17 @@
 //! every stage is `pixlm check` (engine::check).
 
 use candle_core::{DType, Device, Tensor};
-use pixlm_models::{ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace};
+use pixlm_models::{
+    ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace,
+};
 use std::path::PathBuf;
 
 fn fixtures() -> Option<PathBuf> {
     let p = std::env::var_os("PIXLM_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        });
     p.join("neo-tiny").is_dir().then_some(p)
 }
 
@@ -32,11 +36,25 @@ fn neo_tiny_forward_matches_reference() {
     };
     let dir = fx.join("neo-tiny/model");
     let cfg = ModelConfig::from_dir(&dir).unwrap();
-    let ids = NeoSpecialIds { img_start: 151670, img_end: 151671, img_context: 151669 };
+    let ids = NeoSpecialIds {
+        img_start: 151670,
+        img_end: 151671,
+        img_context: 151669,
+    };
     let model = Model::load(&dir, &cfg, Some(ids), &Default::default()).unwrap();
     for case in ["text_only", "single_image", "two_images", "multi_turn"] {
-        let exp = candle_core::safetensors::load(fx.join("neo-tiny/cases").join(case).join("expected.safetensors"), &Device::Cpu).unwrap();
-        let input_ids: Vec<u32> = exp["input_ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+        let exp = candle_core::safetensors::load(
+            fx.join("neo-tiny/cases")
+                .join(case)
+                .join("expected.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let input_ids: Vec<u32> = exp["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let mut images = Vec::new();
         if let Some(g) = exp.get("grid_hw") {
             let grids: Vec<Vec<i64>> = g.to_vec2().unwrap();
@@ -45,7 +63,13 @@ fn neo_tiny_forward_matches_reference() {
             for g in grids {
                 let n = (g[0] * g[1]) as usize;
                 images.push(ImageInput {
-                    pixels: pv.narrow(0, off, n).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+                    pixels: pv
+                        .narrow(0, off, n)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap(),
                     grid_h: g[0] as usize,
                     grid_w: g[1] as usize,
                 });
@@ -56,7 +80,13 @@ fn neo_tiny_forward_matches_reference() {
         let mut trace = Trace::default();
         let out = model
             .forward(
-                &mut [SeqInput { ids: &input_ids, images: &images, decode: false, cache: &mut cache, logits: LogitsWanted::Last }],
+                &mut [SeqInput {
+                    ids: &input_ids,
+                    images: &images,
+                    decode: false,
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }],
                 Some(&mut trace),
             )
             .unwrap();
@@ -64,8 +94,14 @@ fn neo_tiny_forward_matches_reference() {
         let d_logits = maxdiff(&logits, &exp["logits_last"]);
         let d_l0 = maxdiff(&trace.hidden_layer0.unwrap(), &exp["hidden_layer0"]);
         let d_fn = maxdiff(&trace.hidden_final_norm.unwrap(), &exp["hidden_final_norm"]);
-        let d_vis = exp.get("vision_embeds").map(|v| maxdiff(&trace.vision_embeds.clone().unwrap(), v)).unwrap_or(0.0);
+        let d_vis = exp
+            .get("vision_embeds")
+            .map(|v| maxdiff(&trace.vision_embeds.clone().unwrap(), v))
+            .unwrap_or(0.0);
         eprintln!("{case}: vision {d_vis:.2e} layer0 {d_l0:.2e} final_norm {d_fn:.2e} logits {d_logits:.2e}");
-        assert!(d_vis <= 2e-4 && d_l0 <= 2e-4 && d_fn <= 5e-4 && d_logits <= 2e-4, "{case}");
+        assert!(
+            d_vis <= 2e-4 && d_l0 <= 2e-4 && d_fn <= 5e-4 && d_logits <= 2e-4,
+            "{case}"
+        );
     }
 }

@@ -627,3 +627,22 @@ pub fn sample_example_with_scene<R: Rng + ?Sized>(
     let qs = questions_for(&scene, rng);
     (scene, img, qs)
 }
+
+/// Like [`sample_example`], with `n_questions` questions picked by `balancer` (balanced across
+/// kinds and answers over the whole training stream; keep one balancer for the run) instead of
+/// all of [`questions_for`]'s. Fewer come back only if the scene allows fewer.
+pub fn sample_balanced_example<R: Rng + ?Sized>(
+    rng: &mut R,
+    balancer: &mut QuestionBalancer,
+    n_questions: usize,
+) -> (image::RgbImage, Vec<(String, String, String)>) {
+    let scene = Scene::sample(rng);
+    let img = render(&scene, rng);
+    let img = apply_format(img, scene.format);
+    let qs = balancer
+        .pick(&scene, n_questions, rng)
+        .into_iter()
+        .map(Candidate::into_tuple)
+        .collect();
+    (img, qs)
+}

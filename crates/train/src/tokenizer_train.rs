@@ -287,7 +287,10 @@ mod tests {
     fn special_tokens_follow_the_vocabulary() {
         let tok = build_tokenizer();
         assert_eq!(tok.get_vocab_size(false), BPE_VOCAB_SIZE);
-        assert_eq!(tok.get_vocab_size(true), BPE_VOCAB_SIZE + SPECIAL_TOKENS.len());
+        assert_eq!(
+            tok.get_vocab_size(true),
+            BPE_VOCAB_SIZE + SPECIAL_TOKENS.len()
+        );
         for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
             assert_eq!(tok.token_to_id(s), Some((BPE_VOCAB_SIZE + i) as u32), "{s}");
         }

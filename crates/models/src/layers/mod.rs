@@ -3,10 +3,12 @@
 pub mod attention;
 pub mod linear;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 
 pub use attention::{attention, block_mask};
 pub use linear::Linear;
 pub use mlp::GatedMlp;
+pub use moe::{MoeBlock, Routing};
 pub use norm::RmsNorm;

@@ -42,7 +42,13 @@ mod tests {
             weight: Tensor::new(&[1f32, 1., 2., 0.5], &Device::Cpu).unwrap(),
             eps: 1e-6,
         };
-        let y: Vec<f32> = n.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = n
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let r = 1.0 / ((1. + 4. + 9. + 16.) / 4.0f32 + 1e-6).sqrt();
         let want = [r, 2. * r, 6. * r, 2. * r];
         for (a, b) in y.iter().zip(want) {

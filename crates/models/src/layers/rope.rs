@@ -71,7 +71,12 @@ mod tests {
         let x = Tensor::new(&[[[1f32, 2., 3., 4.]]], &dev).unwrap();
         let cos = Tensor::new(&[[0f32, 1.]], &dev).unwrap();
         let sin = Tensor::new(&[[1f32, 0.]], &dev).unwrap();
-        let y: Vec<f32> = rotate_half(&x, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = rotate_half(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(y, vec![-3., 2., 1., 4.]);
     }
 
@@ -81,7 +86,12 @@ mod tests {
         let x = Tensor::new(&[[1f32, 2., 3., 4.]], &dev).unwrap();
         let cos = Tensor::new(&[[0f32, 1.]], &dev).unwrap();
         let sin = Tensor::new(&[[1f32, 0.]], &dev).unwrap();
-        let y: Vec<f32> = interleaved(&x, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = interleaved(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(y, vec![-2., 1., 3., 4.]);
     }
 

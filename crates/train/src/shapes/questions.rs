@@ -206,11 +206,8 @@ pub fn all_questions(scene: &Scene) -> Vec<Candidate> {
     for color in ColorName::ALL {
         for shape in Shape::ALL {
             let present = scene.count(color, shape) > 0;
-            let mut c = Candidate::new(
-                Kind::Exists,
-                exists_question(color, shape),
-                yes_no(present),
-            );
+            let mut c =
+                Candidate::new(Kind::Exists, exists_question(color, shape), yes_no(present));
             if !present {
                 c.near_miss_color = scene.count_color(color) > 0;
                 c.near_miss_shape = scene.count_shape(shape) > 0;

@@ -108,20 +108,25 @@ pub fn render<R: Rng + ?Sized>(scene: &Scene, rng: &mut R) -> RgbImage {
     }
     if scene.noise > 0 {
         let a = i32::from(scene.noise);
-        let levels = (2 * a + 1) as u64;
-        for (i, p) in buf.chunks_exact_mut(3).enumerate() {
+        let levels = (2 * a + 1) as u32;
+        // Three 16-bit uniforms per pixel, drawn in bulk and mapped to [-a, a] by multiply-shift.
+        let mut bits = vec![0u8; buf.len() * 2];
+        rng.fill_bytes(&mut bits);
+        for (i, (p, r)) in buf
+            .chunks_exact_mut(3)
+            .zip(bits.chunks_exact(6))
+            .enumerate()
+        {
             let weight = if weighted_noise {
                 1.0 - cov_total[i]
             } else {
                 1.0
             };
-            // One 64-bit draw gives three 16-bit uniforms, mapped to [-a, a] by multiply-shift.
-            let bits = rng.next_u64();
             if weight <= 0.0 {
                 continue;
             }
             for (k, v) in p.iter_mut().enumerate() {
-                let u = (bits >> (16 * k)) & 0xffff;
+                let u = u32::from(u16::from_le_bytes([r[2 * k], r[2 * k + 1]]));
                 let n = ((u * levels) >> 16) as i32 - a;
                 let n = if weight < 1.0 {
                     (n as f32 * weight).round() as i32

@@ -75,7 +75,10 @@ fn oracle(scene: &Scene, q: &str) -> Option<(&'static str, String)> {
     {
         let w: Vec<&str> = r.split(' ').collect();
         assert_eq!(w.len(), 2, "{q}");
-        assert!(COLOR_WORDS.contains(&w[0]) && SHAPE_WORDS.contains(&w[1]), "{q}");
+        assert!(
+            COLOR_WORDS.contains(&w[0]) && SHAPE_WORDS.contains(&w[1]),
+            "{q}"
+        );
         let yes = n_both(w[0], w[1]) > 0;
         return Some(("exists", if yes { "yes" } else { "no" }.to_string()));
     }
@@ -117,7 +120,10 @@ fn scenes_follow_the_spec() {
     let (mut min_ratio, mut max_ratio) = (f32::MAX, 0f32);
     for scene in scenes(1, 4000) {
         let (w, h) = (scene.width, scene.height);
-        assert!((64..=512).contains(&w) && (64..=512).contains(&h), "{w}x{h}");
+        assert!(
+            (64..=512).contains(&w) && (64..=512).contains(&h),
+            "{w}x{h}"
+        );
         seen_sizes.insert((w, h));
         square += usize::from(w == h);
         assert!(scene.background.iter().all(|&c| c >= 200));
@@ -133,7 +139,10 @@ fn scenes_follow_the_spec() {
         let short = w.min(h) as f32;
         for o in &scene.objects {
             let [x0, y0, x1, y1] = o.bbox();
-            assert!(x0 >= 0.0 && y0 >= 0.0 && x1 <= w as f32 && y1 <= h as f32, "{o:?}");
+            assert!(
+                x0 >= 0.0 && y0 >= 0.0 && x1 <= w as f32 && y1 <= h as f32,
+                "{o:?}"
+            );
             for side in o.size {
                 assert!(
                     side >= short / 6.0 - 1e-3 && side <= short / 3.0 + 1e-3,
@@ -159,8 +168,8 @@ fn scenes_follow_the_spec() {
                 .iter()
                 .position(|&c| c == o.color.name())
                 .expect("known colour");
-            for k in 0..3 {
-                let d = (i32::from(o.rgb[k]) - i32::from(REFERENCE[idx][k])).abs();
+            for (got, want) in o.rgb.iter().zip(REFERENCE[idx]) {
+                let d = (i32::from(*got) - i32::from(want)).abs();
                 assert!(d <= 20, "{o:?}");
             }
             if o.antialias {
@@ -175,7 +184,10 @@ fn scenes_follow_the_spec() {
     assert!(jpeg > 1500 && jpeg < 2500 && noisy > 2000 && noisy < 3000);
     assert!(aa > 3000 && hard > 3000 && up > 1000 && down > 1000);
     // Apex angles vary: base/height from about 1/2 to about 2.
-    assert!(min_ratio < 0.6 && max_ratio > 1.8, "{min_ratio} {max_ratio}");
+    assert!(
+        min_ratio < 0.6 && max_ratio > 1.8,
+        "{min_ratio} {max_ratio}"
+    );
 }
 
 #[test]
@@ -284,7 +296,11 @@ fn every_question_follows_the_rules_and_all_valid_ones_are_listed() {
                 .unwrap_or_else(|| panic!("not allowed: {} for {scene:?}", c.question));
             assert_eq!(kind, c.kind.name());
             assert_eq!(answer, c.answer, "{} for {scene:?}", c.question);
-            assert!(listed_set.insert(c.question.clone()), "duplicate {}", c.question);
+            assert!(
+                listed_set.insert(c.question.clone()),
+                "duplicate {}",
+                c.question
+            );
         }
         let valid: BTreeSet<String> = texts
             .iter()
@@ -298,7 +314,9 @@ fn every_question_follows_the_rules_and_all_valid_ones_are_listed() {
         for (q, a, kind) in &picked {
             let (k, ans) = oracle(&scene, q).unwrap_or_else(|| panic!("not allowed: {q}"));
             assert_eq!((k, &ans), (kind.as_str(), a));
-            assert!(a.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit()));
+            assert!(a
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit()));
             per_kind.entry(kind.clone()).or_default().push(a.clone());
             answers.entry(k).or_default().insert(ans);
             if k == "exists" && a == "no" {
@@ -330,7 +348,10 @@ fn every_question_follows_the_rules_and_all_valid_ones_are_listed() {
     assert_eq!(answers["count_all"], want(&["1", "2", "3", "4"]));
     assert_eq!(answers["exists"], want(&["no", "yes"]));
     assert_eq!(answers["left_of"], want(&["no", "yes"]));
-    assert!(exists_no_near * 10 >= exists_no * 7, "{exists_no_near}/{exists_no}");
+    assert!(
+        exists_no_near * 10 >= exists_no * 7,
+        "{exists_no_near}/{exists_no}"
+    );
 }
 
 #[test]
@@ -409,11 +430,12 @@ fn eval_set_round_trip_and_determinism() {
     let text = String::from_utf8(q1).expect("utf8");
     let first = text.lines().next().expect("a line");
     assert!(first.starts_with("{\"image\":\"images/00000."), "{first}");
-    let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(first)
-        .expect("object")
-        .keys()
-        .cloned()
-        .collect();
+    let keys: Vec<String> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(first)
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(sorted, ["answer", "image", "kind", "question"]);
@@ -438,7 +460,10 @@ fn eval_set_round_trip_and_determinism() {
     let mut kinds = BTreeMap::new();
     for q in &qs {
         let (kind, answer) = oracle(&by_image[&q.image], &q.question).expect("allowed");
-        assert_eq!((kind, answer.as_str()), (q.kind.as_str(), q.answer.as_str()));
+        assert_eq!(
+            (kind, answer.as_str()),
+            (q.kind.as_str(), q.answer.as_str())
+        );
         *kinds.entry(kind).or_insert(0) += 1;
     }
     assert_eq!(kinds.len(), 6, "{kinds:?}");
@@ -473,14 +498,24 @@ fn read_eval_set_reports_clear_errors() {
     ));
     let err = read_eval_set(&d).expect_err("missing key");
     assert!(
-        matches!(err, ShapesError::MissingKey { line: 3, key: "answer", .. }),
+        matches!(
+            err,
+            ShapesError::MissingKey {
+                line: 3,
+                key: "answer",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("\"answer\""), "{err}");
 
     write(r#"{"image": "images/a.png", "question": "q?", "answer": 2, "kind": "x"}"#.into());
     let err = read_eval_set(&d).expect_err("number");
-    assert!(matches!(err, ShapesError::BadValue { key: "answer", .. }), "{err}");
+    assert!(
+        matches!(err, ShapesError::BadValue { key: "answer", .. }),
+        "{err}"
+    );
 
     write("[1, 2]\n".into());
     let err = read_eval_set(&d).expect_err("array");
@@ -488,7 +523,10 @@ fn read_eval_set_reports_clear_errors() {
 
     write(r#"{"image": "images/b.png", "question": "q?", "answer": "no", "kind": "x"}"#.into());
     let err = read_eval_set(&d).expect_err("no image");
-    assert!(matches!(err, ShapesError::MissingImage { line: 1, .. }), "{err}");
+    assert!(
+        matches!(err, ShapesError::MissingImage { line: 1, .. }),
+        "{err}"
+    );
 
     write("\n".into());
     let err = read_eval_set(&d).expect_err("empty");
@@ -540,28 +578,4 @@ fn rendering_is_fast() {
     eprintln!("render 512x512 AA, 4 objects, noise: {ms:.2} ms");
     // Generous bound: the machine may be busy; release builds take a few ms.
     assert!(ms < 100.0, "{ms} ms");
-}
-
-#[test]
-#[ignore]
-fn write_samples() {
-    let dir = std::path::Path::new("/tmp/shapes_samples");
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rng = rng_from_seed(2024);
-    for i in 0..8 {
-        let (scene, img, qs) = sample_example_with_scene(&mut rng);
-        img.save(dir.join(format!("sample_{i}.png"))).unwrap();
-        let o = &scene.objects[0];
-        let [x0, y0, x1, y1] = o.bbox();
-        let (cx, cy) = ((x0 as u32).saturating_sub(4), (y0 as u32).saturating_sub(4));
-        let cw = ((x1 - x0) as u32 + 8).min(img.width() - cx);
-        let ch = ((y1 - y0) as u32 + 8).min(img.height() - cy);
-        let crop = image::imageops::crop_imm(&img, cx, cy, cw, ch).to_image();
-        let s = 400 / cw.max(ch).max(1);
-        image::imageops::resize(&crop, cw * s, ch * s, image::imageops::FilterType::Nearest)
-            .save(format!("/tmp/crop_{i}.png"))
-            .unwrap();
-        eprintln!("sample_{i}: {}", serde_json::to_string(&scene).unwrap());
-        for q in qs { eprintln!("   {q:?}"); }
-    }
 }

@@ -1,0 +1,217 @@
+//! `pixlm train`, `pixlm eval` and `pixlm gen-shapes`: the shapes model's life cycle.
+
+use crate::common::{resolve_model, ComputeArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use pixlm_engine::Engine;
+use pixlm_train::model_spec::ModelSpec;
+use pixlm_train::trainer::{TrainConfig, Trainer};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Output directory: the checkpoint (config.json, model.safetensors, tokenizer files) and
+    /// the state to resume from.
+    #[arg(long, short, default_value = "runs/shapes")]
+    pub out: PathBuf,
+    /// Model size preset: small (the shipped model) or tiny (smoke tests).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Seed for initialisation and data: the same seed gives the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write a checkpoint every N steps.
+    #[arg(long, default_value_t = 250)]
+    pub save_every: usize,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop (and save) after this many minutes even if steps remain.
+    #[arg(long)]
+    pub time_limit_min: Option<f64>,
+    /// Print one line per N steps instead of a progress bar.
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+pub fn train(a: TrainArgs) -> Result<i32> {
+    a.compute.load_options()?;
+    let Some(spec) = ModelSpec::preset(&a.preset) else {
+        bail!("unknown --preset {:?} (small or tiny)", a.preset);
+    };
+    if a.steps == 0 || a.batch == 0 || a.save_every == 0 {
+        bail!("--steps, --batch and --save-every must be positive");
+    }
+    let config = TrainConfig {
+        spec,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup.min(a.steps),
+        seed: a.seed,
+        save_every: a.save_every,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;
+    let steps = trainer.config.steps;
+    eprintln!(
+        "training {} steps × {} sequences into {} (starting at step {})",
+        steps,
+        trainer.config.batch,
+        a.out.display(),
+        trainer.step
+    );
+    let bar = if a.log_every.is_some() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(trainer.step as u64);
+    let mut ema = None::<f32>;
+    let log_every = a.log_every;
+    let limit = a.time_limit_min.map(|m| Duration::from_secs_f64(m * 60.0));
+    trainer.run(limit, &mut |s| {
+        let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
+        ema = Some(e);
+        let msg = format!(
+            "loss {e:.4} lr {:.2e} |g| {:.2} {:.0} tok/s",
+            s.lr,
+            s.grad_norm,
+            s.tokens as f64 / s.secs
+        );
+        bar.set_position(s.step as u64);
+        bar.set_message(msg.clone());
+        if log_every.is_some_and(|n| s.step % n == 0 || s.step == 1) {
+            eprintln!("step {:>6}/{steps}  {msg}", s.step);
+        }
+    })?;
+    bar.finish();
+    eprintln!("saved {} at step {}", a.out.display(), trainer.step);
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model directory (default: the shipped shapes model).
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
+    /// Evaluation directory: questions.jsonl and the images it names.
+    pub dir: PathBuf,
+    /// Prompts per packed forward.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Evaluate only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print {"overall":…, "per_kind":{…}, "questions":N} for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// List every wrong answer.
+    #[arg(long)]
+    pub failures: bool,
+    /// Exit non-zero when overall accuracy is below this fraction.
+    #[arg(long)]
+    pub min_accuracy: Option<f64>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+pub fn eval(a: EvalArgs) -> Result<i32> {
+    let dir = resolve_model(&a.model)?;
+    let opts = a.compute.load_options()?;
+    let engine =
+        Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} questions [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let t0 = std::time::Instant::now();
+    let r = pixlm_train::eval::evaluate(&engine, &a.dir, a.batch, a.limit, &mut |d, t| {
+        bar.set_length(t as u64);
+        bar.set_position(d as u64);
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "accuracy {:.2}% on {} questions ({:.1}s)",
+            100.0 * r.overall,
+            r.questions,
+            t0.elapsed().as_secs_f64()
+        );
+        for (k, v) in &r.per_kind {
+            println!("  {k:<12} {:.2}%", 100.0 * v);
+        }
+    }
+    if a.failures {
+        for (q, got) in &r.failures {
+            println!(
+                "WRONG {} | {} | expected {:?} got {:?}",
+                q.image,
+                q.question,
+                q.answer,
+                got.trim()
+            );
+        }
+    }
+    if let Some(m) = a.min_accuracy {
+        if r.overall < m {
+            eprintln!("accuracy {:.4} is below --min-accuracy {m}", r.overall);
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct GenShapesArgs {
+    /// Directory to write (images/ and questions.jsonl).
+    pub out: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 250)]
+    pub images: usize,
+    /// Questions per image.
+    #[arg(long, default_value_t = 4)]
+    pub per_image: usize,
+    /// Seed (use one that training does not: training seeds its data from --seed of train).
+    #[arg(long, default_value_t = 12345)]
+    pub seed: u64,
+}
+
+pub fn gen_shapes(a: GenShapesArgs) -> Result<i32> {
+    let n = pixlm_train::shapes::write_eval_set(&a.out, a.images, a.per_image, a.seed)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!("wrote {n} questions to {}", a.out.display());
+    Ok(0)
+}

@@ -1,0 +1,527 @@
+//! Training a NEO-architecture model on the shapes task with candle's autograd, through the
+//! same model code that inference runs.
+//!
+//! AdamW (decoupled weight decay on matrices only), linear warmup then cosine decay to
+//! `min_lr_ratio · lr`, global gradient-norm clipping, loss on the assistant's answer tokens
+//! only. Every step's data is drawn from an RNG seeded by (seed, step), so a run is
+//! reproducible and a resumed run continues exactly where it stopped. Checkpoints are written
+//! in the Hugging Face layout and load through `Engine::load` like any NEO checkpoint.
+
+use crate::data::{draw_batch, DataError, Example};
+use crate::model_spec::ModelSpec;
+use crate::shapes::{QuestionBalancer, ShapesRng};
+use crate::tokenizer_train;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use pixlm_media::PreprocessConfig;
+use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] pixlm_models::ModelError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub spec: ModelSpec,
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Questions drawn per rendered image.
+    pub per_image: usize,
+    pub lr: f64,
+    pub min_lr_ratio: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub save_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            spec: ModelSpec::preset("small").unwrap_or_else(|| unreachable!()),
+            steps: 3000,
+            batch: 32,
+            per_image: 4,
+            lr: 2e-3,
+            min_lr_ratio: 0.05,
+            warmup: 100,
+            weight_decay: 0.01,
+            clip: 1.0,
+            seed: 0,
+            save_every: 250,
+        }
+    }
+}
+
+/// What a step reports to the caller (for the progress bar).
+#[derive(Clone, Debug)]
+pub struct StepStats {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f32,
+    pub tokens: usize,
+    pub secs: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TrainerState {
+    step: usize,
+    config: TrainConfig,
+    elapsed_secs: f64,
+    loss_history: Vec<(usize, f32)>,
+}
+
+/// Learning rate at `step`: linear warmup, then cosine to `min_lr_ratio · lr`.
+pub fn lr_at(c: &TrainConfig, step: usize) -> f64 {
+    if step < c.warmup {
+        return c.lr * (step + 1) as f64 / c.warmup as f64;
+    }
+    let span = (c.steps.saturating_sub(c.warmup)).max(1) as f64;
+    let p = ((step - c.warmup) as f64 / span).min(1.0);
+    let min = c.lr * c.min_lr_ratio;
+    min + 0.5 * (c.lr - min) * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+/// AdamW with its moments kept so training can resume exactly.
+struct AdamW {
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: usize,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    wd: f64,
+}
+
+impl AdamW {
+    fn new(varmap: &VarMap, wd: f64) -> Result<Self> {
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::Other("variable map lock poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            vars,
+            m,
+            v,
+            t: 0,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            wd,
+        })
+    }
+
+    fn step(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        scale: f64,
+    ) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = (g * scale)?;
+            self.m[i] = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            self.v[i] = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let mhat = (&self.m[i] / bc1)?;
+            let vhat = (&self.v[i] / bc2)?;
+            let upd = (mhat / (vhat.sqrt()? + self.eps)?)?;
+            let decay = if var.rank() >= 2 && !name.contains("norm") {
+                self.wd
+            } else {
+                0.0
+            };
+            let theta = ((var.as_tensor() * (1.0 - lr * decay))? - (upd * lr)?)?;
+            var.set(&theta)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let mut map = std::collections::HashMap::new();
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            map.insert(format!("m.{name}"), self.m[i].clone());
+            map.insert(format!("v.{name}"), self.v[i].clone());
+        }
+        map.insert("t".into(), Tensor::new(&[self.t as u32], &Device::Cpu)?);
+        candle_core::safetensors::save(&map, path)?;
+        Ok(())
+    }
+
+    fn load(&mut self, path: &Path) -> Result<()> {
+        let map = candle_core::safetensors::load(path, &Device::Cpu)?;
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            let get = |k: String| {
+                map.get(&k)
+                    .cloned()
+                    .ok_or_else(|| TrainError::Other(format!("{}: no {k}", path.display())))
+            };
+            self.m[i] = get(format!("m.{name}"))?;
+            self.v[i] = get(format!("v.{name}"))?;
+        }
+        let t: Vec<u32> = map
+            .get("t")
+            .ok_or_else(|| TrainError::Other("no optimizer step".into()))?
+            .to_vec1()?;
+        self.t = t.first().copied().unwrap_or(0) as usize;
+        Ok(())
+    }
+}
+
+/// Deterministic initialisation from the seed: matrices N(0, 0.02²), norms 1, biases 0.
+fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+    use rand_distr::{Distribution, Normal};
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Other("lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let shape = var.shape().clone();
+        let n = shape.elem_count();
+        let vals: Vec<f32> = if name.contains("norm") {
+            vec![1.0; n]
+        } else if name.ends_with("bias") {
+            vec![0.0; n]
+        } else {
+            let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
+            for b in name.bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+            let mut rng = ShapesRng::seed_from_u64(h);
+            let std = if name.contains("patch_embedding") {
+                1.0 / (768f64).sqrt()
+            } else {
+                0.02
+            };
+            let normal = Normal::new(0.0, std).map_err(|e| TrainError::Other(e.to_string()))?;
+            (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+        };
+        var.set(&Tensor::from_vec(vals, shape, &Device::Cpu)?)?;
+    }
+    Ok(())
+}
+
+/// The pieces of a training run that do not change between steps.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub out: PathBuf,
+    tokenizer: tokenizers::Tokenizer,
+    varmap: VarMap,
+    model: Model,
+    opt: AdamW,
+    pre: PreprocessConfig,
+    vocab_rows: usize,
+    pub step: usize,
+    elapsed: f64,
+    history: Vec<(usize, f32)>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+impl Trainer {
+    /// Starts a new run in `out`, or resumes the one there when `resume` is set and a
+    /// checkpoint exists.
+    pub fn new(config: TrainConfig, out: &Path, resume: bool) -> Result<Self> {
+        let tokenizer = tokenizer_train::try_build_tokenizer()
+            .map_err(|e| TrainError::Other(format!("building the tokenizer: {e}")))?;
+        let vocab_rows = tokenizer.get_vocab_size(true).div_ceil(64) * 64;
+        let special = NeoSpecialIds {
+            img_start: tok_id(&tokenizer, "<img>")?,
+            img_end: tok_id(&tokenizer, "</img>")?,
+            img_context: tok_id(&tokenizer, "<IMG_CONTEXT>")?,
+        };
+        let state_path = out.join("trainer_state.json");
+        let (config, prior) = if resume && state_path.is_file() {
+            let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+            let st: TrainerState = serde_json::from_str(&text)
+                .map_err(|e| TrainError::Other(format!("{}: {e}", state_path.display())))?;
+            (st.config.clone(), Some(st))
+        } else {
+            (config, None)
+        };
+        let neo = config.spec.neo_config(vocab_rows)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Model::from_var_builder(&vb, &ModelConfig::Neo(neo), Some(special))?;
+        init_weights(&varmap, config.seed)?;
+        let mut opt = AdamW::new(&varmap, config.weight_decay)?;
+        let mut step = 0;
+        let (mut elapsed, mut history) = (0.0, Vec::new());
+        if let Some(st) = prior {
+            let mut vm = varmap.clone();
+            vm.load(out.join("model.safetensors"))?;
+            opt.load(&out.join("optimizer.safetensors"))?;
+            step = st.step;
+            elapsed = st.elapsed_secs;
+            history = st.loss_history;
+        }
+        let pre = PreprocessConfig {
+            min_pixels: config.spec.min_pixels,
+            max_pixels: config.spec.max_pixels,
+            ..PreprocessConfig::default()
+        };
+        Ok(Self {
+            config,
+            out: out.to_path_buf(),
+            tokenizer,
+            varmap,
+            model,
+            opt,
+            pre,
+            vocab_rows,
+            step,
+            elapsed,
+            history,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn preprocess_config(&self) -> &PreprocessConfig {
+        &self.pre
+    }
+
+    /// The examples of step `step` (same for every run with the same seed).
+    pub fn batch_for(
+        config: &TrainConfig,
+        tok: &tokenizers::Tokenizer,
+        pre: &PreprocessConfig,
+        step: usize,
+    ) -> Result<Vec<Example>> {
+        let mut rng = ShapesRng::seed_from_u64(
+            config
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64),
+        );
+        let mut bal = QuestionBalancer::new();
+        Ok(draw_batch(
+            &mut rng,
+            &mut bal,
+            tok,
+            pre,
+            config.batch,
+            config.per_image,
+        )?)
+    }
+
+    /// Mean cross-entropy over the supervised tokens of `batch` (a graph to differentiate).
+    pub fn loss(&self, batch: &[Example]) -> Result<Tensor> {
+        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
+        let mut inputs: Vec<SeqInput> = batch
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ex, cache)| SeqInput {
+                ids: &ex.ids,
+                images: &ex.images,
+                decode: false,
+                cache,
+                logits: LogitsWanted::All,
+            })
+            .collect();
+        let logits = self.model.forward(&mut inputs, None)?;
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (ex, l) in batch.iter().zip(logits) {
+            let l = l.ok_or_else(|| TrainError::Other("no logits".into()))?;
+            let pos: Vec<u32> = ex.targets.iter().map(|&(p, _)| p as u32).collect();
+            rows.push(l.index_select(&Tensor::from_vec(pos, ex.targets.len(), &Device::Cpu)?, 0)?);
+            targets.extend(ex.targets.iter().map(|&(_, t)| t));
+        }
+        let n = targets.len();
+        let logits = Tensor::cat(&rows, 0)?;
+        let targets = Tensor::from_vec(targets, n, &Device::Cpu)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+    }
+
+    /// One optimisation step on `batch`.
+    pub fn train_step(&mut self, batch: &[Example]) -> Result<StepStats> {
+        let t0 = Instant::now();
+        let lr = lr_at(&self.config, self.step);
+        let loss = self.loss(batch)?;
+        let grads = loss.backward()?;
+        let mut sq = 0f64;
+        for (_, var) in &self.opt.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+        }
+        let norm = sq.sqrt();
+        let scale = if norm > self.config.clip {
+            self.config.clip / norm
+        } else {
+            1.0
+        };
+        self.opt.step(&grads, lr, scale)?;
+        let loss = loss.to_scalar::<f32>()?;
+        if !loss.is_finite() {
+            return Err(TrainError::Other(format!(
+                "loss became {loss} at step {}",
+                self.step
+            )));
+        }
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        self.elapsed += secs;
+        self.history.push((self.step, loss));
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm: norm as f32,
+            tokens: batch.iter().map(|e| e.ids.len()).sum(),
+            secs,
+        })
+    }
+
+    /// Writes the checkpoint (HF layout) and the state to resume from, atomically per file.
+    pub fn save(&self) -> Result<()> {
+        let out = &self.out;
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let write = |name: &str, bytes: &[u8]| -> Result<()> {
+            let tmp = out.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, out.join(name)).map_err(io(out))
+        };
+        let cfg = self.config.spec.config_json(self.vocab_rows);
+        write(
+            "config.json",
+            serde_json::to_string_pretty(&cfg)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        let tj = tokenizer_train::tokenizer_json(&self.tokenizer)
+            .map_err(|e| TrainError::Other(e.to_string()))?;
+        write("tokenizer.json", tj.as_bytes())?;
+        let tc = tokenizer_train::tokenizer_config_json();
+        write(
+            "tokenizer_config.json",
+            serde_json::to_string_pretty(&tc)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        let gen = serde_json::json!({"eos_token_id": tok_id(&self.tokenizer, "<|im_end|>")?, "do_sample": false});
+        write(
+            "generation_config.json",
+            serde_json::to_string_pretty(&gen)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        let tmp = out.join(".model.safetensors.tmp");
+        self.varmap.save(&tmp)?;
+        std::fs::rename(&tmp, out.join("model.safetensors")).map_err(io(out))?;
+        let tmp = out.join(".optimizer.safetensors.tmp");
+        self.opt.save(&tmp)?;
+        std::fs::rename(&tmp, out.join("optimizer.safetensors")).map_err(io(out))?;
+        let st = TrainerState {
+            step: self.step,
+            config: self.config.clone(),
+            elapsed_secs: self.elapsed,
+            loss_history: self.history.clone(),
+        };
+        write(
+            "trainer_state.json",
+            serde_json::to_string_pretty(&st)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Runs to `config.steps` (or until `time_limit`), drawing data on a second thread.
+    /// `on_step` sees every step's figures.
+    pub fn run(
+        &mut self,
+        time_limit: Option<Duration>,
+        on_step: &mut dyn FnMut(&StepStats),
+    ) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Example>>>(2);
+        let (cfg, tok, pre) = (
+            self.config.clone(),
+            self.tokenizer.clone(),
+            self.pre.clone(),
+        );
+        let (start, end) = (self.step, self.config.steps);
+        let producer = std::thread::spawn(move || {
+            for s in start..end {
+                if tx.send(Trainer::batch_for(&cfg, &tok, &pre, s)).is_err() {
+                    break;
+                }
+            }
+        });
+        let t0 = Instant::now();
+        while self.step < end {
+            let batch = rx
+                .recv()
+                .map_err(|_| TrainError::Other("data thread stopped".into()))??;
+            let stats = self.train_step(&batch)?;
+            on_step(&stats);
+            if self.step.is_multiple_of(self.config.save_every) || self.step == end {
+                self.save()?;
+            }
+            if time_limit.is_some_and(|l| t0.elapsed() > l) {
+                self.save()?;
+                break;
+            }
+        }
+        drop(rx);
+        let _ = producer.join();
+        Ok(())
+    }
+}
+
+fn tok_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
+    tok.token_to_id(s)
+        .ok_or_else(|| TrainError::Other(format!("tokenizer lacks {s}")))
+}
