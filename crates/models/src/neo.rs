@@ -5,7 +5,7 @@ use crate::config::NeoConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::layers::rope;
-use crate::transformer::{Backbone, Positions, SeqSlice, Trace};
+use crate::transformer::{Backbone, Positions, Trace};
 use crate::weights;
 use crate::{ImageInput, SeqInput};
 use candle_core::{DType, Tensor};
@@ -260,16 +260,7 @@ impl Neo {
         if let Some(t) = trace.as_deref_mut() {
             t.inputs_embeds = Some(x.clone());
         }
-        let mut seqs: Vec<SeqSlice> = batch
-            .iter_mut()
-            .map(|s| SeqSlice {
-                len: s.ids.len(),
-                last_id: s.ids.last().copied(),
-                logits: s.logits,
-                cache: &mut *s.cache,
-            })
-            .collect();
-        self.backbone.forward(x, &pos, &mut seqs, trace)
+        self.backbone.forward(x, &pos, batch, trace)
     }
 }
 

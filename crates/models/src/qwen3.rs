@@ -5,7 +5,7 @@
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
-use crate::transformer::{Backbone, Positions, SeqSlice, Trace};
+use crate::transformer::{Backbone, Positions, Trace};
 use crate::SeqInput;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -44,15 +44,6 @@ impl Qwen3 {
             ids.extend_from_slice(s.ids);
         }
         let x = self.backbone.embed(&ids)?;
-        let mut seqs: Vec<SeqSlice> = batch
-            .iter_mut()
-            .map(|s| SeqSlice {
-                len: s.ids.len(),
-                last_id: s.ids.last().copied(),
-                logits: s.logits,
-                cache: &mut *s.cache,
-            })
-            .collect();
-        self.backbone.forward(x, &pos, &mut seqs, trace)
+        self.backbone.forward(x, &pos, batch, trace)
     }
 }

@@ -9,9 +9,9 @@
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
-use crate::kv::KvCache;
 use crate::layers::{attention, block_mask, rope, GatedMlp, Linear, MoeBlock, RmsNorm};
 use crate::weights;
+use crate::SeqInput;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -43,15 +43,6 @@ pub enum LogitsWanted {
     None,
     Last,
     All,
-}
-
-/// One sequence's slice of a packed forward.
-pub struct SeqSlice<'a> {
-    pub len: usize,
-    pub cache: &'a mut KvCache,
-    pub logits: LogitsWanted,
-    /// The id of the last new token (position state for the next step), if known.
-    pub last_id: Option<u32>,
 }
 
 /// Intermediate tensors of a forward, for parity checks.
@@ -164,7 +155,7 @@ impl SelfAttention {
         &self,
         layer: usize,
         x: &Tensor,
-        seqs: &mut [SeqSlice],
+        seqs: &mut [SeqInput],
         seq_t: &[Vec<i64>],
         tables: &RopeTables,
     ) -> Result<Tensor> {
@@ -176,7 +167,7 @@ impl SelfAttention {
         let mut outs = Vec::with_capacity(seqs.len());
         let mut off = 0;
         for (s, new_t) in seqs.iter_mut().zip(seq_t) {
-            let len = s.len;
+            let len = s.ids.len();
             let qs = q.narrow(0, off, len)?;
             let ks = k.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
             let vs = v.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
@@ -358,11 +349,11 @@ impl Backbone {
         &self,
         x: Tensor,
         pos: &Positions,
-        seqs: &mut [SeqSlice],
+        seqs: &mut [SeqInput],
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<Option<Tensor>>> {
         let n = x.dim(0)?;
-        let total: usize = seqs.iter().map(|s| s.len).sum();
+        let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
         if total != n || pos.len() != n {
             return Err(ModelError::Input(format!(
                 "packed batch of {n} tokens, but sequences cover {total} and positions {}",
@@ -373,8 +364,8 @@ impl Backbone {
         let mut seq_t = Vec::with_capacity(seqs.len());
         let mut off = 0;
         for s in seqs.iter() {
-            seq_t.push(pos.t[off..off + s.len].to_vec());
-            off += s.len;
+            seq_t.push(pos.t[off..off + s.ids.len()].to_vec());
+            off += s.ids.len();
         }
         if let Some(t) = trace.as_deref_mut() {
             t.router.clear();
@@ -392,7 +383,7 @@ impl Backbone {
             }
         }
         for (s, t) in seqs.iter_mut().zip(&seq_t) {
-            s.cache.commit(t, s.last_id);
+            s.cache.commit(t, s.ids.last().copied());
         }
         let hn = self.norm.forward(&h)?;
         if let Some(t) = trace {
@@ -406,12 +397,12 @@ impl Backbone {
             let start = rows.len();
             match s.logits {
                 LogitsWanted::None => {}
-                LogitsWanted::Last if s.len > 0 => rows.push((off + s.len - 1) as u32),
+                LogitsWanted::Last if !s.ids.is_empty() => rows.push((off + s.ids.len() - 1) as u32),
                 LogitsWanted::Last => {}
-                LogitsWanted::All => rows.extend((off..off + s.len).map(|r| r as u32)),
+                LogitsWanted::All => rows.extend((off..off + s.ids.len()).map(|r| r as u32)),
             }
             spans.push((start, rows.len() - start, s.logits));
-            off += s.len;
+            off += s.ids.len();
         }
         if rows.is_empty() {
             return Ok(vec![None; seqs.len()]);

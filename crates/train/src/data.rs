@@ -56,11 +56,14 @@ pub fn build_example(
     kind: &str,
 ) -> Result<Example, DataError> {
     let patches = pixlm_media::preprocess(img, pre)?;
-    build_example_from_patches(tok, &patches, question, answer, kind)
+    build_conversation(tok, &patches, &[(question.into(), answer.into(), kind.into())])
 }
 
-/// Draws `n` fresh examples: each rendered image serves `per_image` questions, balanced over
-/// kinds and answers by `balancer`.
+/// Draws `n` fresh sequences. Each rendered image becomes one conversation holding up to
+/// `per_image` of its questions as successive user/assistant turns (the `build_history`
+/// layout NEO uses for several turns), so the image is encoded once for several supervised
+/// answers. The first turn is exactly the single-question prompt that `pixlm run` and
+/// `pixlm eval` build.
 pub fn draw_batch(
     rng: &mut ShapesRng,
     balancer: &mut QuestionBalancer,
@@ -71,37 +74,40 @@ pub fn draw_batch(
 ) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let (img, qs) =
-            shapes::sample_balanced_example(rng, balancer, per_image.min(n - out.len()));
+        let (img, qs) = shapes::sample_balanced_example(rng, balancer, per_image);
         let patches = pixlm_media::preprocess(&img, pre)?;
-        for (q, a, k) in qs {
-            out.push(build_example_from_patches(tok, &patches, &q, &a, &k)?);
-        }
+        out.push(build_conversation(tok, &patches, &qs)?);
     }
     Ok(out)
 }
 
-fn build_example_from_patches(
+/// One conversation about one image: `qa` as (question, answer, kind) turns; every answer and
+/// its `<|im_end|>` are supervised.
+pub fn build_conversation(
     tok: &Tokenizer,
     patches: &pixlm_media::Patches,
-    question: &str,
-    answer: &str,
-    kind: &str,
+    qa: &[(String, String, String)],
 ) -> Result<Example, DataError> {
-    let parts = neo_prompt(&[question_message("image", question)])?;
-    let prompt = expand_images(&parts.text, &[patches.num_tokens()]);
     let enc = |s: &str| -> Result<Vec<u32>, DataError> {
         tok.encode(s, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| DataError::Tokenizer(e.to_string()))
     };
-    let mut ids = enc(&prompt)?;
-    let answer_ids = enc(&format!("{answer}<|im_end|>"))?;
-    let start = ids.len();
-    ids.extend_from_slice(&answer_ids);
-    let targets = (0..answer_ids.len())
-        .map(|i| (start + i - 1, answer_ids[i]))
-        .collect();
+    let mut ids = Vec::new();
+    let mut targets = Vec::new();
+    for (i, (q, a, _)) in qa.iter().enumerate() {
+        let prompt = if i == 0 {
+            let parts = neo_prompt(&[question_message("image", q)])?;
+            expand_images(&parts.text, &[patches.num_tokens()])
+        } else {
+            format!("\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n")
+        };
+        ids.extend(enc(&prompt)?);
+        let answer = enc(&format!("{a}<|im_end|>"))?;
+        let start = ids.len();
+        targets.extend((0..answer.len()).map(|k| (start + k - 1, answer[k])));
+        ids.extend(answer);
+    }
     Ok(Example {
         ids,
         images: vec![ImageInput {
@@ -110,6 +116,39 @@ fn build_example_from_patches(
             grid_w: patches.grid_w,
         }],
         targets,
-        kind: kind.into(),
+        kind: qa.first().map(|q| q.2.clone()).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer_train::build_tokenizer;
+
+    #[test]
+    fn conversation_matches_the_engine_prompt() {
+        let tok = build_tokenizer();
+        let pre = PreprocessConfig { min_pixels: 16384, max_pixels: 16384, ..Default::default() };
+        let img = image::RgbImage::from_pixel(128, 128, image::Rgb([255, 255, 255]));
+        let patches = pixlm_media::preprocess(&img, &pre).unwrap();
+        let qa = vec![
+            ("What color is the circle?".to_string(), "red".to_string(), "color".to_string()),
+            ("How many objects are there?".to_string(), "2".to_string(), "count_all".to_string()),
+        ];
+        let ex = build_conversation(&tok, &patches, &qa).unwrap();
+        let msgs = vec![
+            question_message("image", &qa[0].0),
+            ChatMessage::text("assistant", "red"),
+            ChatMessage::text("user", qa[1].0.clone()),
+        ];
+        let parts = neo_prompt(&msgs).unwrap();
+        let full = expand_images(&parts.text, &[patches.num_tokens()]) + "2<|im_end|>";
+        let want = tok.encode(full.as_str(), false).unwrap().get_ids().to_vec();
+        assert_eq!(ex.ids, want);
+        // Supervised: each answer token and its <|im_end|>, predicted from the previous position.
+        assert_eq!(ex.targets.len(), 4);
+        for &(p, t) in &ex.targets {
+            assert_eq!(ex.ids[p + 1], t);
+        }
+    }
 }
