@@ -14,9 +14,14 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model shape: neo-2b (spec §11.1: 40 layers, hidden 2048, untied) or neo-tiny.
-    #[arg(long, default_value = "neo-2b", value_parser = ["neo-2b", "neo-tiny"])]
+    /// Model shape: neo-2b (spec §11.1: 40 layers, hidden 2048, untied), qwen3-0.6b (text),
+    /// qwen3-30b-a3b-2l (Qwen3-30B-A3B's expert shapes — 128 experts, top-8 — with 2 of its 48
+    /// layers, to fit in memory) or neo-tiny.
+    #[arg(long, default_value = "neo-2b", value_parser = ["neo-2b", "qwen3-0.6b", "qwen3-30b-a3b-2l", "neo-tiny"])]
     pub shape: String,
+    /// Prompt tokens for the text shapes.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
     /// Image tokens in the prefill prompt (rounded to a square grid).
     #[arg(long, default_value_t = 256)]
     pub image_tokens: usize,
@@ -73,7 +78,96 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
+fn text_config(shape: &str) -> Option<serde_json::Value> {
+    let base = |hidden: usize, layers: usize, heads: usize, kv: usize, inter: usize, tied: bool| {
+        serde_json::json!({"model_type": "qwen3", "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": 128,
+            "intermediate_size": inter, "vocab_size": 151936, "rms_norm_eps": 1e-6,
+            "rope_theta": 1e6, "tie_word_embeddings": tied, "max_position_embeddings": 32768})
+    };
+    match shape {
+        "qwen3-0.6b" => Some(base(1024, 28, 16, 8, 3072, true)),
+        "qwen3-30b-a3b-2l" => {
+            let mut c = base(2048, 2, 32, 4, 6144, false);
+            c["model_type"] = "qwen3_moe".into();
+            c["num_experts"] = 128.into();
+            c["num_experts_per_tok"] = 8.into();
+            c["moe_intermediate_size"] = 768.into();
+            c["norm_topk_prob"] = true.into();
+            c["decoder_sparse_step"] = 1.into();
+            c["rope_theta"] = 1e7.into();
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+/// Bytes of weights one decode step must read: every layer's attention and feed-forward (for
+/// MoE: the router and the top-k experts only), the final norm and the output head; one
+/// embedding row is negligible.
+fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_bytes: f64) -> f64 {
+    let t = match cfg {
+        ModelConfig::Neo(c) => &c.llm_config,
+        ModelConfig::Qwen3(c) => c,
+    };
+    let (d, hd) = (t.hidden_size as f64, t.head_dim() as f64);
+    let (nh, nkv) = (t.num_attention_heads as f64, t.num_key_value_heads as f64);
+    let native = matches!(cfg, ModelConfig::Neo(_));
+    let mut attn = d * hd * (2.0 * nh + 2.0 * nkv); // q, o, k, v
+    if native {
+        attn += d * hd * (nh + nkv); // q_proj_hw, k_proj_hw
+    }
+    let mut total = 0.0;
+    for i in 0..t.num_hidden_layers {
+        let ffn = if t.is_moe_layer(i) {
+            d * t.num_experts as f64
+                + t.num_experts_per_tok as f64 * 3.0 * d * t.moe_intermediate_size as f64
+        } else {
+            3.0 * d * t.intermediate_size as f64
+        };
+        total += attn + ffn;
+    }
+    total * linear_bytes + d * t.vocab_size as f64 * head_bytes // output head
+}
+
+/// Read bandwidth of this machine now, in bytes/s: all threads summing a 1 GiB buffer.
+fn read_bandwidth() -> f64 {
+    let n = (1usize << 30) / 4;
+    let buf = vec![1.0f32; n];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let total: f32 = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(n.div_ceil(threads))
+                .map(|c| {
+                    s.spawn(move || {
+                        let mut acc = [0f32; 16];
+                        for ch in c.chunks_exact(16) {
+                            for k in 0..16 {
+                                acc[k] += ch[k];
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max((n * 4) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
 fn config(shape: &str) -> Result<ModelConfig> {
+    if let Some(c) = text_config(shape) {
+        return Ok(ModelConfig::from_json_str(
+            &c.to_string(),
+            std::path::Path::new("bench-config"),
+        )?);
+    }
     let (hidden, layers, extra, heads, kv, hd, inter, vis, tied) = match shape {
         "neo-2b" => (2048, 40, 12, 16, 8, 128, 6144, 1024, false),
         "neo-tiny" => (64, 4, 2, 4, 2, 16, 128, 32, true),
@@ -113,7 +207,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         opts.dtype,
         opts.device.clone(),
     );
-    let model = Model::from_var_builder(&vb, &cfg, Some(ids))?;
+    let (model, _) = Model::from_var_builder_quantized(&vb, &cfg, Some(ids), opts.quant)?;
     let load_s = t0.elapsed().as_secs_f64();
     // An image prompt: a square grid of about `image_tokens` tokens inside the neo1_0 template.
     let side = ((a.image_tokens as f64).sqrt().round() as usize).max(1);
@@ -130,17 +224,25 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         grid_h: gh,
         grid_w: gw,
     };
-    let mut prompt: Vec<u32> = vec![151644, 872, 198, 151670];
-    prompt.extend(std::iter::repeat_n(151669, side * side));
-    prompt.extend([
-        151671, 198, 74785, 419, 2168, 304, 7716, 13, 151645, 198, 151644, 77091, 198,
-    ]);
+    let is_neo = matches!(cfg, ModelConfig::Neo(_));
+    let mut prompt: Vec<u32> = Vec::new();
+    let images: Vec<ImageInput> = if is_neo {
+        prompt.extend([151644, 872, 198, 151670]);
+        prompt.extend(std::iter::repeat_n(151669, side * side));
+        prompt.extend([
+            151671, 198, 74785, 419, 2168, 304, 7716, 13, 151645, 198, 151644, 77091, 198,
+        ]);
+        vec![image]
+    } else {
+        prompt.extend((0..a.prompt_tokens as u32).map(|i| 1000 + (i * 7919) % 100_000));
+        Vec::new()
+    };
     let mut cache = KvCache::new();
     let t1 = Instant::now();
     let out = model.forward(
         &mut [SeqInput {
             ids: &prompt,
-            images: std::slice::from_ref(&image),
+            images: &images,
             decode: false,
             cache: &mut cache,
             logits: LogitsWanted::Last,
@@ -176,17 +278,37 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(candle_core::utils::get_num_threads);
+    let dense = match opts.dtype {
+        DType::F32 => 4.0,
+        _ => 2.0,
+    };
+    // Quantized linears: Q8_0 stores 34 bytes per 32 weights, Q4_K 144 per 256; the head stays
+    // dense. (Layers too narrow for the block size stay dense; the NEO and Qwen3 shapes fit.)
+    let linear = match opts.quant {
+        Some(pixlm_models::QuantFormat::Q8_0) => 34.0 / 32.0,
+        Some(pixlm_models::QuantFormat::Q4K) => 144.0 / 256.0,
+        None => dense,
+    };
+    let bytes = active_weight_bytes(&cfg, linear, dense);
+    let bw = read_bandwidth();
+    let decode_tok_s = a.decode_tokens as f64 / decode_s.max(1e-9);
+    let ceiling = bw / bytes;
     let r = serde_json::json!({
         "shape": a.shape,
         "dtype": a.compute.dtype,
+        "quant": opts.quant.map(|q| format!("{q:?}")),
         "threads": threads,
         "prompt_tokens": prompt.len(),
-        "image_tokens": side * side,
+        "image_tokens": if is_neo { side * side } else { 0 },
+        "active_weight_gib": bytes / (1u64 << 30) as f64,
+        "read_bandwidth_gb_s": bw / 1e9,
+        "decode_ceiling_tok_s": ceiling,
+        "decode_bandwidth_fraction": decode_tok_s / ceiling,
         "load_s": load_s,
         "ttft_s": ttft,
         "prefill_tok_s": prompt.len() as f64 / ttft,
         "decode_tokens": a.decode_tokens,
-        "decode_tok_s": a.decode_tokens as f64 / decode_s.max(1e-9),
+        "decode_tok_s": decode_tok_s,
         "peak_rss_gib": peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
     });
     if a.json {
@@ -200,16 +322,21 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         println!(
             "  prompt                  {:>8} tokens ({} image tokens)",
             prompt.len(),
-            side * side
+            if is_neo { side * side } else { 0 }
         );
         println!(
             "  time to first token     {ttft:>8.2} s  ({:.1} prompt tok/s)",
             prompt.len() as f64 / ttft
         );
         println!(
-            "  decode                  {:>8.2} tok/s over {} tokens",
-            a.decode_tokens as f64 / decode_s.max(1e-9),
+            "  decode                  {decode_tok_s:>8.2} tok/s over {} tokens",
             a.decode_tokens
+        );
+        println!(
+            "  decode ceiling          {ceiling:>8.2} tok/s = {:.1} GB/s read / {:.2} GiB of active weights ({:.0}% reached)",
+            bw / 1e9,
+            bytes / (1u64 << 30) as f64,
+            100.0 * decode_tok_s / ceiling
         );
         if let Some(b) = peak_rss_bytes() {
             println!(

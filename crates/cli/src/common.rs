@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use pixlm_models::LoadOptions;
+use pixlm_models::{LoadOptions, QuantFormat};
 use std::path::PathBuf;
 
 pub fn init_tracing() {
@@ -26,6 +26,11 @@ pub struct ComputeArgs {
     /// Run on the GPU (needs a build with --features cuda or metal).
     #[arg(long)]
     pub gpu: bool,
+    /// Quantize the linear layers at load: q8_0 or q4_k. Layers whose input dimension is not a
+    /// multiple of the block size (32 for q8_0, 256 for q4_k) stay dense, as do embeddings,
+    /// the output head, norms and the patch embedding.
+    #[arg(long, value_parser = ["q8_0", "q4_k"])]
+    pub quant: Option<String>,
 }
 
 impl ComputeArgs {
@@ -53,7 +58,15 @@ impl ComputeArgs {
         } else {
             candle_core::Device::Cpu
         };
-        Ok(LoadOptions { device, dtype })
+        let quant = match &self.quant {
+            Some(q) => Some(q.parse::<QuantFormat>().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        Ok(LoadOptions {
+            device,
+            dtype,
+            quant,
+        })
     }
 }
 

@@ -10,12 +10,14 @@ use crate::sampler::{Sampler, SamplingParams};
 use crate::stream::{StopMatcher, StreamDecoder};
 use candle_core::Tensor;
 use pixlm_media::{DecodeLimits, PreprocessConfig};
+use pixlm_models::gguf;
 use pixlm_models::{
     ImageInput, KvCache, LoadOptions, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput,
     Trace,
 };
 use serde_json::{Map, Value as Json};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
 
@@ -120,7 +122,13 @@ pub fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(tok_err(&path, e.to_string())),
     };
-    let v: Json = serde_json::from_str(&text).map_err(|e| tok_err(&path, e.to_string()))?;
+    generation_eos_ids_from_text(&text, &path)
+}
+
+/// `eos_token_id` of a `generation_config.json` text (`path` names it in errors).
+pub fn generation_eos_ids_from_text(text: &str, path: &Path) -> Result<Option<Vec<u32>>> {
+    let path = path.to_path_buf();
+    let v: Json = serde_json::from_str(text).map_err(|e| tok_err(&path, e.to_string()))?;
     let bad = || {
         tok_err(
             &path,
@@ -147,18 +155,36 @@ pub fn token_id(tok: &Tokenizer, path: &Path, s: &str) -> Result<u32> {
 }
 
 impl Engine {
-    /// Loads a checkpoint directory in the Hugging Face layout.
+    /// Loads a checkpoint directory in the Hugging Face layout, or a GGUF file written by
+    /// `pixlm quantize` (which carries the config and tokenizer files in its metadata).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let config = ModelConfig::from_dir(dir)?;
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
-            return Err(EngineError::Model(pixlm_models::ModelError::Missing {
-                path: dir.to_path_buf(),
-                what: "tokenizer.json".into(),
-            }));
-        }
-        let tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e.to_string()))?;
+        let gguf = if gguf::is_gguf(dir) {
+            Some(Arc::new(gguf::GgufFile::open(dir)?))
+        } else {
+            None
+        };
+        let (config, tok_path, tokenizer) = match &gguf {
+            Some(g) => {
+                let tok_path = dir.join(gguf::KEY_TOKENIZER);
+                let text = g.require_text(gguf::KEY_TOKENIZER)?;
+                let tokenizer = Tokenizer::from_bytes(text.as_bytes())
+                    .map_err(|e| tok_err(&tok_path, e.to_string()))?;
+                (g.config()?, tok_path, tokenizer)
+            }
+            None => {
+                let config = ModelConfig::from_dir(dir)?;
+                let tok_path = dir.join("tokenizer.json");
+                if !tok_path.is_file() {
+                    return Err(EngineError::Model(pixlm_models::ModelError::Missing {
+                        path: dir.to_path_buf(),
+                        what: "tokenizer.json".into(),
+                    }));
+                }
+                let tokenizer = Tokenizer::from_file(&tok_path)
+                    .map_err(|e| tok_err(&tok_path, e.to_string()))?;
+                (config, tok_path, tokenizer)
+            }
+        };
         let (family, stop_ids, context_limit, preprocess) = match &config {
             ModelConfig::Neo(c) => {
                 if let Some(t) = &c.template {
@@ -186,7 +212,14 @@ impl Engine {
                 (Family::Neo(ids), vec![stop], limit, pre)
             }
             ModelConfig::Qwen3(c) => {
-                let stops = match generation_eos_ids(dir)? {
+                let eos = match &gguf {
+                    Some(g) => match g.text(gguf::KEY_GENERATION_CONFIG) {
+                        Some(t) => generation_eos_ids_from_text(t, &dir.join("generation_config"))?,
+                        None => None,
+                    },
+                    None => generation_eos_ids(dir)?,
+                };
+                let stops = match eos {
                     Some(ids) => ids,
                     None => {
                         let mut stops = vec![token_id(&tokenizer, &tok_path, "<|im_end|>")?];
@@ -204,8 +237,21 @@ impl Engine {
             Family::Neo(ids) => Some(ids),
             _ => None,
         };
-        let chat_template = ChatTemplate::load(dir)?;
-        let model = Model::load(dir, &config, neo_ids, opts)?;
+        let (chat_template, model) = match &gguf {
+            Some(g) => {
+                let t = match g.text(gguf::KEY_CHAT_TEMPLATE) {
+                    Some(text) => Some(chat_template_from_json(text, dir)?),
+                    None => None,
+                };
+                let (m, _) =
+                    gguf::load_model(g, &config, neo_ids, opts.dtype, &opts.device, opts.quant)?;
+                (t, m)
+            }
+            None => (
+                ChatTemplate::load(dir)?,
+                Model::load(dir, &config, neo_ids, opts)?,
+            ),
+        };
         Ok(Self {
             model,
             config,
@@ -504,4 +550,86 @@ fn short(url: &str) -> String {
     } else {
         url.to_string()
     }
+}
+
+/// The chat template stored in a GGUF file: `{"source": ..., "special_tokens": {...}}`.
+fn chat_template_from_json(text: &str, file: &Path) -> Result<ChatTemplate> {
+    let path = file.join(gguf::KEY_CHAT_TEMPLATE);
+    let v: Json = serde_json::from_str(text).map_err(|e| tok_err(&path, e.to_string()))?;
+    let source = v
+        .get("source")
+        .and_then(Json::as_str)
+        .ok_or_else(|| tok_err(&path, "no \"source\" string"))?
+        .to_string();
+    let special_tokens = v
+        .get("special_tokens")
+        .and_then(Json::as_object)
+        .cloned()
+        .unwrap_or_default();
+    Ok(ChatTemplate {
+        source,
+        special_tokens,
+    })
+}
+
+/// Writes the checkpoint directory `dir` as one GGUF file at `out` (see
+/// `pixlm_models::gguf::export`), with config.json, tokenizer.json, tokenizer_config.json,
+/// generation_config.json (when present) and the resolved chat template in its metadata, so
+/// `Engine::load(out)` needs no other file.
+pub fn export_gguf(
+    dir: &Path,
+    format: pixlm_models::QuantFormat,
+    out: &Path,
+    progress: &mut dyn FnMut(gguf::ExportEvent),
+) -> Result<gguf::ExportReport> {
+    let read = |name: &str| -> Result<Option<String>> {
+        let p = dir.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(EngineError::Model(pixlm_models::ModelError::Io {
+                path: p,
+                source: e,
+            })),
+        }
+    };
+    let mut texts = Vec::new();
+    for (file, key, required) in [
+        ("config.json", gguf::KEY_CONFIG, true),
+        ("tokenizer.json", gguf::KEY_TOKENIZER, true),
+        ("tokenizer_config.json", gguf::KEY_TOKENIZER_CONFIG, true),
+        ("generation_config.json", gguf::KEY_GENERATION_CONFIG, false),
+    ] {
+        match read(file)? {
+            Some(t) => texts.push((key.to_string(), t)),
+            None if required => {
+                return Err(EngineError::Model(pixlm_models::ModelError::Missing {
+                    path: dir.to_path_buf(),
+                    what: file.into(),
+                }))
+            }
+            None => {}
+        }
+    }
+    if let Some(t) = ChatTemplate::load(dir)? {
+        let v = serde_json::json!({"source": t.source, "special_tokens": t.special_tokens});
+        texts.push((gguf::KEY_CHAT_TEMPLATE.to_string(), v.to_string()));
+    }
+    let config = ModelConfig::from_dir(dir)?;
+    let neo_ids = match &config {
+        ModelConfig::Neo(_) => {
+            let tok_path = dir.join("tokenizer.json");
+            let tok =
+                Tokenizer::from_file(&tok_path).map_err(|e| tok_err(&tok_path, e.to_string()))?;
+            Some(NeoSpecialIds {
+                img_start: token_id(&tok, &tok_path, "<img>")?,
+                img_end: token_id(&tok, &tok_path, "</img>")?,
+                img_context: token_id(&tok, &tok_path, "<IMG_CONTEXT>")?,
+            })
+        }
+        ModelConfig::Qwen3(_) => None,
+    };
+    Ok(gguf::export(
+        dir, &config, neo_ids, format, &texts, out, progress,
+    )?)
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod kv;
 pub mod layers;
 pub mod neo;
@@ -15,6 +16,7 @@ pub mod weights;
 pub use config::{ModelConfig, NeoConfig, TextConfig, VisionConfig};
 pub use error::{ModelError, Result};
 pub use kv::KvCache;
+pub use layers::linear::{LinearChoice, LinearReport, QuantFormat};
 pub use neo::NeoSpecialIds;
 pub use transformer::{LogitsWanted, Positions, Trace};
 
@@ -78,11 +80,15 @@ pub enum Model {
     Qwen3(Box<qwen3::Qwen3>),
 }
 
-/// Where and in which dtype to compute.
+/// Where and in which dtype to compute, and whether to quantize the linear layers.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
+    /// Quantize every linear layer whose input dimension fits the format's block size
+    /// (embeddings, the output head, norms and the patch embedding stay in `dtype`). For a
+    /// GGUF file, layers stored quantized stay as stored and this applies to the dense rest.
+    pub quant: Option<QuantFormat>,
 }
 
 impl Default for LoadOptions {
@@ -90,21 +96,47 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            quant: None,
         }
     }
 }
 
 impl Model {
-    /// Loads a checkpoint directory (config already parsed). NEO needs its special token ids,
-    /// which the caller looks up in the tokenizer.
+    /// Loads a checkpoint directory or a pixlm GGUF file (config already parsed). NEO needs
+    /// its special token ids, which the caller looks up in the tokenizer.
     pub fn load(
-        dir: &Path,
+        path: &Path,
         cfg: &ModelConfig,
         neo_ids: Option<NeoSpecialIds>,
         opts: &LoadOptions,
     ) -> Result<Self> {
-        let vb = weights::var_builder(dir, opts.dtype, &opts.device)?;
-        Self::from_var_builder(&vb, cfg, neo_ids)
+        Ok(Self::load_with_report(path, cfg, neo_ids, opts)?.0)
+    }
+
+    /// As [`Model::load`], also saying which linear layers were quantized and which stayed
+    /// dense (and why). The report is empty for a dense load of a checkpoint directory.
+    pub fn load_with_report(
+        path: &Path,
+        cfg: &ModelConfig,
+        neo_ids: Option<NeoSpecialIds>,
+        opts: &LoadOptions,
+    ) -> Result<(Self, LinearReport)> {
+        let (model, report) = if gguf::is_gguf(path) {
+            let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
+            gguf::load_model(&file, cfg, neo_ids, opts.dtype, &opts.device, opts.quant)?
+        } else {
+            let vb = weights::var_builder(path, opts.dtype, &opts.device)?;
+            Self::from_var_builder_quantized(&vb, cfg, neo_ids, opts.quant)?
+        };
+        if !report.layers.is_empty() {
+            tracing::info!(
+                "{}: {} linear layers quantized, {} dense",
+                path.display(),
+                report.num_quantized(),
+                report.num_dense()
+            );
+        }
+        Ok((model, report))
     }
 
     /// Builds the model from any `VarBuilder` (a checkpoint, or a `VarMap` for training and
@@ -124,6 +156,28 @@ impl Model {
                 Ok(Model::Neo(Box::new(neo::Neo::load(vb, c, ids)?)))
             }
             ModelConfig::Qwen3(c) => Ok(Model::Qwen3(Box::new(qwen3::Qwen3::load(vb, c)?))),
+        }
+    }
+
+    /// As [`Model::from_var_builder`], quantizing the linear layers to `quant` where their
+    /// shape allows (e.g. random-weight benchmarks of a quantized model). `None` is exactly
+    /// `from_var_builder` (dense, differentiable) with an empty report.
+    pub fn from_var_builder_quantized(
+        vb: &candle_nn::VarBuilder,
+        cfg: &ModelConfig,
+        neo_ids: Option<NeoSpecialIds>,
+        quant: Option<QuantFormat>,
+    ) -> Result<(Self, LinearReport)> {
+        match quant {
+            None => Ok((
+                Self::from_var_builder(vb, cfg, neo_ids)?,
+                LinearReport::default(),
+            )),
+            Some(q) => {
+                let loader = std::rc::Rc::new(layers::linear::LinearLoader::new(Some(q), None));
+                let m = loader.scope(|| Self::from_var_builder(vb, cfg, neo_ids))?;
+                Ok((m, loader.take_report()))
+            }
         }
     }
 

@@ -397,7 +397,9 @@ impl Backbone {
             let start = rows.len();
             match s.logits {
                 LogitsWanted::None => {}
-                LogitsWanted::Last if !s.ids.is_empty() => rows.push((off + s.ids.len() - 1) as u32),
+                LogitsWanted::Last if !s.ids.is_empty() => {
+                    rows.push((off + s.ids.len() - 1) as u32)
+                }
                 LogitsWanted::Last => {}
                 LogitsWanted::All => rows.extend((off..off + s.ids.len()).map(|r| r as u32)),
             }
