@@ -2,7 +2,9 @@
 
 mod bench;
 mod cmd_check;
+mod cmd_quantize;
 mod cmd_run;
+mod cmd_serve;
 mod cmd_train;
 mod common;
 
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Answer a prompt (with optional images), streaming the answer; without a prompt, chat.
     Run(cmd_run::RunArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, metrics).
+    Serve(cmd_serve::ServeArgs),
     /// Run reference fixture cases and report every difference against its tolerance.
     Check(cmd_check::CheckArgs),
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
@@ -36,6 +40,8 @@ enum Command {
     Train(cmd_train::TrainArgs),
     /// Accuracy of a model on a shapes evaluation directory, overall and per question kind.
     Eval(cmd_train::EvalArgs),
+    /// Write a model as one GGUF file with Q8_0 or Q4_K linear layers (config and tokenizer inside).
+    Quantize(cmd_quantize::QuantizeArgs),
     /// Write a shapes evaluation directory (images and questions.jsonl) from a seed.
     GenShapes(cmd_train::GenShapesArgs),
 }
@@ -45,11 +51,13 @@ fn main() {
     common::init_tracing();
     let result = match cli.command {
         Command::Run(a) => cmd_run::run(a),
+        Command::Serve(a) => cmd_serve::run(a),
         Command::Check(a) => cmd_check::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => cmd_train::train(a),
         Command::Eval(a) => cmd_train::eval(a),
         Command::GenShapes(a) => cmd_train::gen_shapes(a),
+        Command::Quantize(a) => cmd_quantize::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,447 @@
+//! Continuous batching: one thread owns the forward passes. Each step it admits waiting
+//! requests (their whole prompt is prefilled inside the step's packed forward), runs ONE
+//! `Model::forward` over every running sequence (new prompts + one decode token each),
+//! samples each sequence with its own `Sampler`, streams text through `StreamDecoder` and
+//! `StopMatcher` to the request's channel, and frees finished or cancelled sequences at once.
+
+use crate::metrics::Metrics;
+use pixlm_engine::sampler::Sampler;
+use pixlm_engine::stream::{StopMatcher, StreamDecoder};
+use pixlm_engine::{Engine, FinishReason, Prepared};
+use pixlm_models::{KvCache, LogitsWanted, SeqInput};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the scheduler sends back to a request.
+#[derive(Debug)]
+pub enum Event {
+    /// A piece of the answer (UTF-8 safe, stop strings withheld).
+    Text(String),
+    Done(Usage),
+    Error(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// A prepared request waiting for admission.
+pub struct Job {
+    pub prepared: Prepared,
+    pub sampling: pixlm_engine::SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop_strings: Vec<String>,
+    pub tx: UnboundedSender<Event>,
+    /// When the HTTP request arrived (for time to first token).
+    pub arrived: Instant,
+}
+
+/// Scheduler limits.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Waiting requests beyond this are refused (429).
+    pub queue_size: usize,
+    /// Most sequences in the running batch.
+    pub max_running: usize,
+    /// Most prompt tokens prefilled in one step; a longer prompt is still admitted, alone.
+    pub prefill_token_budget: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    waiting: VecDeque<Job>,
+    running: usize,
+    /// Drop everything (grace period over).
+    abort: bool,
+    /// Exit the thread once nothing is left.
+    closed: bool,
+}
+
+/// The waiting queue, shared between the HTTP handlers and the scheduler thread.
+pub struct Queue {
+    state: Mutex<QueueState>,
+    cv: Condvar,
+    cfg: SchedulerConfig,
+}
+
+/// Why a job was not queued.
+pub enum Refused {
+    Full(Box<Job>),
+    Closed(Box<Job>),
+}
+
+impl Queue {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            cv: Condvar::new(),
+            cfg,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, job: Job) -> Result<(), Refused> {
+        let mut s = self.lock();
+        if s.closed || s.abort {
+            return Err(Refused::Closed(Box::new(job)));
+        }
+        if s.waiting.len() >= self.cfg.queue_size {
+            return Err(Refused::Full(Box::new(job)));
+        }
+        s.waiting.push_back(job);
+        drop(s);
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    /// (waiting, running)
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.waiting.len(), s.running)
+    }
+
+    /// Ends every waiting and running request with an error.
+    pub fn abort(&self) {
+        self.lock().abort = true;
+        self.cv.notify_all();
+    }
+
+    /// Lets the thread exit once idle.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+}
+
+struct Seq {
+    job: Job,
+    cache: KvCache,
+    prefilled: bool,
+    last: [u32; 1],
+    generated: Vec<u32>,
+    budget: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+}
+
+enum StepOutcome {
+    Running,
+    Finished(FinishReason),
+    Failed(String),
+}
+
+/// Starts the scheduler thread; it owns the forward passes until `Queue::close`.
+pub fn spawn(
+    engine: Arc<Engine>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pixlm-scheduler".into())
+        .spawn(move || run(&engine, &queue, &metrics))
+}
+
+fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
+    let tokenizer = Arc::new(engine.tokenizer.clone());
+    let mut running: Vec<Seq> = Vec::new();
+    loop {
+        // Admission, under the queue lock.
+        {
+            let mut s = queue.lock();
+            loop {
+                if s.abort {
+                    for j in s.waiting.drain(..) {
+                        let _ =
+                            j.tx.send(Event::Error("the server is shutting down".into()));
+                    }
+                    for q in running.drain(..) {
+                        let _ = q.job.tx.send(Event::Error(
+                            "the server shut down before this answer was finished".into(),
+                        ));
+                    }
+                }
+                if !running.is_empty() || !s.waiting.is_empty() {
+                    break;
+                }
+                s.running = 0;
+                metrics.running.store(0, Relaxed);
+                metrics.queue_depth.store(0, Relaxed);
+                if s.closed {
+                    return;
+                }
+                s = queue
+                    .cv
+                    .wait_timeout(s, Duration::from_millis(250))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            let mut prefill_tokens = 0usize;
+            while running.len() < queue.cfg.max_running {
+                let Some(front) = s.waiting.front() else {
+                    break;
+                };
+                if front.tx.is_closed() {
+                    s.waiting.pop_front();
+                    metrics.cancelled.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let n = front.prepared.ids.len();
+                if prefill_tokens > 0 && prefill_tokens + n > queue.cfg.prefill_token_budget {
+                    break;
+                }
+                let Some(job) = s.waiting.pop_front() else {
+                    break;
+                };
+                prefill_tokens += n;
+                if let Some(seq) = new_seq(engine, &tokenizer, job) {
+                    running.push(seq);
+                }
+            }
+            s.running = running.len();
+            metrics.running.store(running.len() as u64, Relaxed);
+            metrics.queue_depth.store(s.waiting.len() as u64, Relaxed);
+        }
+
+        // Clients that went away free their sequence now.
+        let before = running.len();
+        running.retain(|q| !q.job.tx.is_closed());
+        metrics
+            .cancelled
+            .fetch_add((before - running.len()) as u64, Relaxed);
+        if running.is_empty() {
+            continue;
+        }
+
+        // A panic in the model must not take the scheduler (and every later request) down.
+        let logits = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut inputs: Vec<SeqInput> = running
+                .iter_mut()
+                .map(|q| {
+                    let Seq {
+                        job,
+                        cache,
+                        prefilled,
+                        last,
+                        ..
+                    } = q;
+                    if *prefilled {
+                        SeqInput {
+                            ids: &last[..],
+                            images: &[],
+                            decode: true,
+                            cache,
+                            logits: LogitsWanted::Last,
+                        }
+                    } else {
+                        SeqInput {
+                            ids: &job.prepared.ids,
+                            images: &job.prepared.images,
+                            decode: false,
+                            cache,
+                            logits: LogitsWanted::Last,
+                        }
+                    }
+                })
+                .collect();
+            engine.model.forward(&mut inputs, None)
+        }))
+        .unwrap_or_else(|_| {
+            Err(pixlm_models::ModelError::Input(
+                "internal error: the forward pass panicked".into(),
+            ))
+        });
+        metrics.forward_steps.fetch_add(1, Relaxed);
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("forward failed: {e}");
+                for q in running.drain(..) {
+                    let _ = q.job.tx.send(Event::Error(format!("model error: {e}")));
+                }
+                continue;
+            }
+        };
+
+        let mut outcomes = Vec::with_capacity(running.len());
+        for (i, q) in running.iter_mut().enumerate() {
+            if !q.prefilled {
+                q.prefilled = true;
+                metrics
+                    .prompt_tokens
+                    .fetch_add(q.job.prepared.ids.len() as u64, Relaxed);
+                // The image patches are in the cache now.
+                q.job.prepared.images = Vec::new();
+            }
+            let row = match logits.get(i).and_then(|l| l.as_ref()) {
+                Some(t) => t.squeeze(0).and_then(|t| t.to_vec1::<f32>()),
+                None => {
+                    outcomes.push(StepOutcome::Failed("the model returned no logits".into()));
+                    continue;
+                }
+            };
+            let outcome = match row {
+                Ok(row) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    step(engine, q, &row, metrics)
+                }))
+                .unwrap_or_else(|_| StepOutcome::Failed("internal error while sampling".into())),
+                Err(e) => StepOutcome::Failed(format!("model error: {e}")),
+            };
+            outcomes.push(outcome);
+        }
+        let mut idx = 0;
+        running.retain_mut(|q| {
+            let o = &outcomes[idx];
+            idx += 1;
+            match o {
+                StepOutcome::Running => true,
+                StepOutcome::Finished(f) => {
+                    let _ = q.job.tx.send(Event::Done(Usage {
+                        finish: *f,
+                        prompt_tokens: q.job.prepared.ids.len(),
+                        completion_tokens: q.generated.len(),
+                    }));
+                    false
+                }
+                StepOutcome::Failed(e) => {
+                    let _ = q.job.tx.send(Event::Error(e.clone()));
+                    false
+                }
+            }
+        });
+    }
+}
+
+fn new_seq(engine: &Engine, tokenizer: &Arc<tokenizers::Tokenizer>, job: Job) -> Option<Seq> {
+    let sampler = match Sampler::new(job.sampling.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = job.tx.send(Event::Error(e.to_string()));
+            return None;
+        }
+    };
+    let budget = job
+        .max_new_tokens
+        .min(engine.context_limit.saturating_sub(job.prepared.ids.len()));
+    if budget == 0 {
+        let _ = job.tx.send(Event::Error(
+            "no room left in the context for an answer".into(),
+        ));
+        return None;
+    }
+    Some(Seq {
+        cache: KvCache::new(),
+        prefilled: false,
+        last: [0],
+        generated: Vec::new(),
+        budget,
+        sampler,
+        decoder: StreamDecoder::from_shared(tokenizer.clone(), true),
+        stops: StopMatcher::new(job.stop_strings.clone()),
+        job,
+    })
+}
+
+/// Samples one token for `q` from its logits row and streams its text.
+fn step(engine: &Engine, q: &mut Seq, row: &[f32], metrics: &Metrics) -> StepOutcome {
+    let next = q.sampler.sample(row, &q.generated);
+    if q.generated.is_empty() {
+        metrics.observe_ttft(q.job.arrived.elapsed().as_secs_f64());
+    }
+    q.generated.push(next);
+    q.last = [next];
+    metrics.generated_tokens.fetch_add(1, Relaxed);
+    let finish = if engine.stop_ids.contains(&next) {
+        Some(FinishReason::Stop)
+    } else {
+        let piece = match q.decoder.push(next) {
+            Ok(p) => p,
+            Err(e) => return StepOutcome::Failed(e.to_string()),
+        };
+        let out = q.stops.push(&piece);
+        let stopped = out.is_stop();
+        send_text(q, out.text);
+        if stopped {
+            Some(FinishReason::Stop)
+        } else if q.generated.len() >= q.budget {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    };
+    match finish {
+        None => StepOutcome::Running,
+        Some(f) => {
+            if !q.stops.is_stopped() {
+                let rest = q.decoder.finish();
+                let out = q.stops.push(&rest);
+                let stopped = out.is_stop();
+                send_text(q, out.text);
+                if !stopped {
+                    let tail = q.stops.finish().text;
+                    send_text(q, tail);
+                }
+            }
+            StepOutcome::Finished(f)
+        }
+    }
+}
+
+fn send_text(q: &Seq, text: String) {
+    if !text.is_empty() {
+        let _ = q.job.tx.send(Event::Text(text));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: usize) -> (Job, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            prepared: Prepared {
+                prompt: String::new(),
+                ids: vec![1; n],
+                images: Vec::new(),
+                image_info: Vec::new(),
+            },
+            sampling: pixlm_engine::SamplingParams::default(),
+            max_new_tokens: 4,
+            stop_strings: Vec::new(),
+            tx,
+            arrived: Instant::now(),
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn queue_is_bounded_and_closes() {
+        let q = Queue::new(SchedulerConfig {
+            queue_size: 2,
+            max_running: 1,
+            prefill_token_budget: 8,
+        });
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let (j, rx) = job(3);
+            assert!(q.push(j).is_ok());
+            rxs.push(rx);
+        }
+        let (j, _rx) = job(3);
+        assert!(matches!(q.push(j), Err(Refused::Full(_))));
+        assert_eq!(q.depth(), (2, 0));
+        q.abort();
+        let (j, _rx) = job(3);
+        assert!(matches!(q.push(j), Err(Refused::Closed(_))));
+    }
+}

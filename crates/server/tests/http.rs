@@ -1,0 +1,740 @@
+//! The server end to end: a real server on 127.0.0.1 port 0 with the neo-tiny fixture model,
+//! a real HTTP client (hyper).
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use pixlm_engine::Engine;
+use pixlm_models::LoadOptions;
+use pixlm_server::{ServerConfig, ServerHandle};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn fixtures() -> Option<PathBuf> {
+    let root = std::env::var_os("PIXLM_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        });
+    let model = root.join("neo-tiny/model");
+    if model.join("config.json").is_file() {
+        Some(root)
+    } else {
+        eprintln!("skipping: no fixture model at {}", model.display());
+        None
+    }
+}
+
+fn start(f: impl FnOnce(&mut ServerConfig)) -> Option<ServerHandle> {
+    let root = fixtures()?;
+    let dir = root.join("neo-tiny/model");
+    let engine = Engine::load(&dir, &LoadOptions::default()).expect("load the fixture model");
+    let mut cfg = ServerConfig {
+        port: 0,
+        model_path: dir,
+        served_name: Some("neo-tiny".into()),
+        http_threads: 2,
+        ..ServerConfig::default()
+    };
+    f(&mut cfg);
+    Some(pixlm_server::spawn(engine, cfg).expect("start the server"))
+}
+
+fn png_data_url() -> String {
+    let root = fixtures().expect("fixtures");
+    let bytes = std::fs::read(root.join("neo-tiny/cases/single_image/image_1.png")).expect("png");
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+struct Resp {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OpenAI error body with this status; returns `error`.
+    fn error(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        let e = v["error"].clone();
+        for k in ["message", "type", "param", "code"] {
+            assert!(e.get(k).is_some(), "error body without {k}: {v}");
+        }
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        e
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Resp {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("send");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes().to_vec();
+    conn.abort();
+    Resp {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+async fn post(addr: SocketAddr, body: &Value) -> Resp {
+    request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+fn chat(text: &str, max_tokens: usize) -> Value {
+    json!({"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` included.
+fn sse_events(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8(body.to_vec()).expect("utf-8 stream");
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Parses a streamed answer: (text, finish reason, usage chunk if any).
+fn parse_stream(r: &Resp) -> (String, String, Option<Value>) {
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let events = sse_events(&r.body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut text = String::new();
+    let mut finish = None;
+    let mut usage = None;
+    for (i, e) in events[..events.len() - 1].iter().enumerate() {
+        let v: Value = serde_json::from_str(e).expect("chunk is JSON");
+        assert_eq!(v["object"], "chat.completion.chunk", "{v}");
+        let choices = v["choices"].as_array().expect("choices");
+        if choices.is_empty() {
+            usage = Some(v["usage"].clone());
+            continue;
+        }
+        if i == 0 {
+            assert_eq!(choices[0]["delta"]["role"], "assistant");
+        }
+        if let Some(t) = choices[0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(f) = choices[0]["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+    }
+    (text, finish.expect("a chunk with finish_reason"), usage)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn stop(h: ServerHandle) {
+    h.shutdown();
+    h.wait().expect("clean shutdown");
+}
+
+#[test]
+fn completions_streaming_images_and_info_endpoints() {
+    let Some(h) = start(|c| c.response_cache = false) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let r = post(addr, &chat("Describe a red circle.", 12)).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("x-pixlm-cache").is_none());
+        let v = r.json();
+        assert_eq!(v["object"], "chat.completion");
+        assert_eq!(v["model"], "neo-tiny");
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        let text = v["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string();
+        let finish = v["choices"][0]["finish_reason"].as_str().expect("finish");
+        assert!(finish == "stop" || finish == "length", "{finish}");
+        let usage = &v["usage"];
+        let prompt_tokens = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+        let completion = usage["completion_tokens"]
+            .as_u64()
+            .expect("completion_tokens");
+        assert!(prompt_tokens > 5);
+        assert!((1..=12).contains(&completion));
+        assert_eq!(
+            usage["total_tokens"].as_u64(),
+            Some(prompt_tokens + completion)
+        );
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+        if finish == "length" {
+            assert_eq!(completion, 12);
+        }
+
+        // The same request streamed: same text, same usage.
+        let mut body = chat("Describe a red circle.", 12);
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let r = post(addr, &body).await;
+        let (stext, sfinish, susage) = parse_stream(&r);
+        assert_eq!(stext, text);
+        assert_eq!(sfinish, finish);
+        let susage = susage.expect("usage chunk");
+        assert_eq!(susage["prompt_tokens"].as_u64(), Some(prompt_tokens));
+        assert_eq!(susage["completion_tokens"].as_u64(), Some(completion));
+
+        // max_completion_tokens, stop strings and a stream without usage.
+        let mut body = json!({"messages": [{"role": "user", "content": "Count."}],
+            "max_completion_tokens": 3, "temperature": 0, "stream": true});
+        let (_, f, u) = parse_stream(&post(addr, &body).await);
+        assert!(u.is_none());
+        assert!(f == "stop" || f == "length");
+        body["stream"] = json!(false);
+        body["stop"] = json!(["\u{1}never"]);
+        let v = post(addr, &body).await.json();
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 3);
+
+        // Sampling with a seed, penalties and top_p is accepted and reproducible.
+        let seeded = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6,
+            "temperature": 0.9, "top_p": 0.9, "seed": 42, "frequency_penalty": 0.5,
+            "presence_penalty": 0.3});
+        let a = post(addr, &seeded).await.json();
+        let b = post(addr, &seeded).await.json();
+        assert_eq!(
+            a["choices"][0]["message"]["content"],
+            b["choices"][0]["message"]["content"]
+        );
+
+        // An image as a data: URL: more prompt tokens than the text alone.
+        let img = json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": png_data_url()}},
+            {"type": "text", "text": "What is in the picture?"}]}],
+            "max_tokens": 4, "temperature": 0});
+        let r = post(addr, &img).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let text_only = post(addr, &chat("What is in the picture?", 4)).await.json();
+        let v = r.json();
+        assert!(
+            v["usage"]["prompt_tokens"].as_u64().unwrap()
+                > text_only["usage"]["prompt_tokens"].as_u64().unwrap() + 16
+        );
+
+        let r = request(addr, "GET", "/v1/models", &[], None).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["data"][0]["id"], "neo-tiny");
+        let r = request(addr, "GET", "/v1/models/neo-tiny", &[], None).await;
+        assert_eq!(r.json()["id"], "neo-tiny");
+        request(addr, "GET", "/v1/models/other", &[], None)
+            .await
+            .error(404);
+        let r = request(addr, "GET", "/health", &[], None).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["status"], "ok");
+        let r = request(addr, "GET", "/metrics", &[], None).await;
+        assert_eq!(r.status, 200);
+        let m = String::from_utf8(r.body).unwrap();
+        for want in [
+            "pixlm_requests_total{status=\"200\"}",
+            "pixlm_queue_depth 0",
+            "pixlm_running_sequences",
+            "pixlm_prompt_tokens_total",
+            "pixlm_generated_tokens_total",
+            "pixlm_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
+            "pixlm_time_to_first_token_seconds_count",
+        ] {
+            assert!(m.contains(want), "metrics lack {want}:\n{m}");
+        }
+    });
+    stop(h);
+}
+
+#[test]
+fn every_bad_request_gets_an_openai_error() {
+    let Some(h) = start(|c| {
+        c.api_key = Some("sekret".into());
+        c.max_images = Some(1);
+        c.max_image_side = Some(100);
+        c.max_body_bytes = 1 << 20;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    let auth = [("authorization", "Bearer sekret")];
+    rt().block_on(async move {
+        let send = |body: Vec<u8>| request(addr, "POST", "/v1/chat/completions", &auth, Some(body));
+        let ok = chat("hi", 1).to_string().into_bytes();
+
+        // API key.
+        let r = request(addr, "POST", "/v1/chat/completions", &[], Some(ok.clone())).await;
+        assert_eq!(r.error(401)["code"], "invalid_api_key");
+        let r = request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", "Bearer wrong")],
+            Some(ok.clone()),
+        )
+        .await;
+        r.error(401);
+        r.error(401);
+        assert_eq!(
+            request(addr, "GET", "/v1/models", &[], None).await.status,
+            401
+        );
+        assert_eq!(
+            request(addr, "GET", "/v1/models", &auth, None).await.status,
+            200
+        );
+        assert_eq!(send(ok.clone()).await.status, 200);
+
+        // Malformed JSON and wrong types, naming the field.
+        let e = send(b"{\"messages\": [".to_vec()).await.error(400);
+        assert_eq!(e["code"], "invalid_json");
+        send(b"[1, 2]".to_vec()).await.error(400);
+        let bad = |patch: Value| {
+            let mut v = chat("hi", 2);
+            for (k, x) in patch.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v.to_string().into_bytes()
+        };
+        for (patch, param) in [
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"max_tokens": "many"}), "max_tokens"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"temperature": 3}), "temperature"),
+            (json!({"frequency_penalty": 5}), "frequency_penalty"),
+            (json!({"seed": "x"}), "seed"),
+            (json!({"stop": 3}), "stop"),
+            (json!({"stop": ["a", 1]}), "stop[1]"),
+            (json!({"stream": "yes"}), "stream"),
+            (
+                json!({"stream_options": {"include_usage": 1}}),
+                "stream_options.include_usage",
+            ),
+            (json!({"model": 7}), "model"),
+            (json!({"n": 2}), "n"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+                "messages[0].content[0].type",
+            ),
+        ] {
+            let e = send(bad(patch.clone())).await.error(400);
+            assert_eq!(e["param"], param, "{patch}: {e}");
+        }
+        let e = send(br#"{"max_tokens": 3}"#.to_vec()).await.error(400);
+        assert_eq!(e["param"], "messages");
+
+        // Images: remote URLs, bad data, oversized, too many.
+        let image = |urls: &[&str]| {
+            let mut parts: Vec<Value> = urls
+                .iter()
+                .map(|u| json!({"type": "image_url", "image_url": {"url": u}}))
+                .collect();
+            parts.push(json!({"type": "text", "text": "what?"}));
+            json!({"messages": [{"role": "user", "content": parts}], "max_tokens": 2})
+                .to_string()
+                .into_bytes()
+        };
+        let e = send(image(&["https://example.com/cat.png"]))
+            .await
+            .error(400);
+        assert_eq!(e["code"], "remote_image_refused");
+        assert!(e["message"].as_str().unwrap().contains("data:"));
+        send(image(&["/etc/passwd"])).await.error(400);
+        send(image(&["file:///etc/passwd"])).await.error(400);
+        send(image(&["data:image/png;base64,AAAAAAAA"]))
+            .await
+            .error(400);
+        send(image(&["data:image/png;base64,%%%"])).await.error(400);
+        let png = png_data_url();
+        let e = send(image(&[&png])).await.error(400);
+        assert!(
+            e["message"].as_str().unwrap().contains("image"),
+            "oversized image: {e}"
+        );
+        let e = send(image(&[&png, &png])).await.error(400);
+        assert_eq!(e["code"], "too_many_images");
+
+        // Past the context (40960 tokens).
+        let long = "word ".repeat(45_000);
+        let e = send(chat(&long, 2).to_string().into_bytes())
+            .await
+            .error(400);
+        assert_eq!(e["code"], "context_length_exceeded");
+        let e = send(chat("hi", 50_000).to_string().into_bytes())
+            .await
+            .error(400);
+        assert_eq!(e["code"], "context_length_exceeded");
+
+        // Model names: served name, directory name, omitted; anything else 404.
+        for name in ["neo-tiny", "model"] {
+            let mut v = chat("hi", 1);
+            v["model"] = json!(name);
+            assert_eq!(send(v.to_string().into_bytes()).await.status, 200, "{name}");
+        }
+        let mut v = chat("hi", 1);
+        v["model"] = json!("gpt-4o");
+        let e = send(v.to_string().into_bytes()).await.error(404);
+        assert_eq!(e["code"], "model_not_found");
+        assert_eq!(e["param"], "model");
+
+        // Body too large.
+        let big = format!(
+            "{{\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+            "x".repeat(2 << 20)
+        );
+        let e = send(big.into_bytes()).await.error(413);
+        assert_eq!(e["code"], "request_too_large");
+
+        // Unknown route.
+        request(addr, "GET", "/v1/nothing", &auth, None)
+            .await
+            .error(404);
+
+        // Still healthy.
+        assert_eq!(request(addr, "GET", "/health", &[], None).await.status, 200);
+        let m = String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        assert!(m.contains("pixlm_requests_total{status=\"400\"}"));
+        assert!(m.contains("pixlm_requests_total{status=\"401\"}"));
+    });
+    stop(h);
+}
+
+#[test]
+fn response_cache_returns_the_stored_answer() {
+    let Some(h) = start(|_| {}) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let body = chat("Tell me about squares.", 8);
+        let a = post(addr, &body).await;
+        assert_eq!(a.status, 200);
+        assert!(a.header("x-pixlm-cache").is_none());
+        let b = post(addr, &body).await;
+        assert_eq!(b.header("x-pixlm-cache"), Some("hit"));
+        let (a, b) = (a.json(), b.json());
+        assert_eq!(a["choices"], b["choices"]);
+        assert_eq!(
+            a["usage"]["completion_tokens"],
+            b["usage"]["completion_tokens"]
+        );
+        assert_eq!(
+            b["usage"]["prompt_tokens_details"]["cached_tokens"],
+            b["usage"]["prompt_tokens"]
+        );
+
+        // Streamed, the hit gives the same text.
+        let mut sb = body.clone();
+        sb["stream"] = json!(true);
+        let r = post(addr, &sb).await;
+        assert_eq!(r.header("x-pixlm-cache"), Some("hit"));
+        let (text, _, _) = parse_stream(&r);
+        assert_eq!(
+            text,
+            a["choices"][0]["message"]["content"].as_str().unwrap()
+        );
+
+        // A different max_tokens is a different request.
+        let r = post(addr, &chat("Tell me about squares.", 7)).await;
+        assert!(r.header("x-pixlm-cache").is_none());
+
+        // Seeded sampling is cached; unseeded sampling is not.
+        let seeded = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+            "temperature": 0.8, "seed": 7});
+        assert!(post(addr, &seeded).await.header("x-pixlm-cache").is_none());
+        assert_eq!(
+            post(addr, &seeded).await.header("x-pixlm-cache"),
+            Some("hit")
+        );
+        let random = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5});
+        assert!(post(addr, &random).await.header("x-pixlm-cache").is_none());
+        assert!(post(addr, &random).await.header("x-pixlm-cache").is_none());
+    });
+    stop(h);
+
+    // --no-response-cache
+    let Some(h) = start(|c| c.response_cache = false) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let body = chat("Tell me about squares.", 4);
+        post(addr, &body).await;
+        assert!(post(addr, &body).await.header("x-pixlm-cache").is_none());
+    });
+    stop(h);
+}
+
+#[test]
+fn bounded_queue_answers_everyone() {
+    let Some(h) = start(|c| {
+        c.queue_size = 4;
+        c.max_running = 4;
+        c.response_cache = false;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            tasks.push(tokio::spawn(async move {
+                let mut body = chat(&format!("Request number {i}, say something."), 8);
+                if i % 3 == 0 {
+                    body["stream"] = json!(true);
+                }
+                post(addr, &body).await
+            }));
+        }
+        let (mut ok, mut busy) = (0, 0);
+        for t in tasks {
+            let r = t.await.expect("task");
+            match r.status {
+                200 => {
+                    ok += 1;
+                    if r.header("content-type") == Some("text/event-stream") {
+                        parse_stream(&r);
+                    } else {
+                        assert!(r.json()["choices"][0]["message"]["content"].is_string());
+                    }
+                }
+                429 => {
+                    busy += 1;
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    assert_eq!(r.error(429)["code"], "rate_limit_exceeded");
+                }
+                s => panic!(
+                    "unexpected status {s}: {}",
+                    String::from_utf8_lossy(&r.body)
+                ),
+            }
+        }
+        assert_eq!(ok + busy, 40);
+        assert!(ok >= 4, "only {ok} answered");
+        let r = request(addr, "GET", "/health", &[], None).await;
+        assert_eq!(r.status, 200);
+        let m = String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        assert!(
+            m.contains(&format!("pixlm_requests_total{{status=\"200\"}} {ok}")),
+            "{m}"
+        );
+        assert!(m.contains("pixlm_running_sequences 0"), "{m}");
+        // Several sequences shared forward passes: fewer steps than tokens generated.
+        let num = |name: &str| -> u64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert!(
+            num("pixlm_forward_steps_total") < num("pixlm_generated_tokens_total"),
+            "{m}"
+        );
+    });
+    stop(h);
+}
+
+#[test]
+fn disconnect_cancels_and_shutdown_drains() {
+    let Some(h) = start(|c| {
+        c.response_cache = false;
+        c.grace = Duration::from_secs(20);
+        c.default_max_tokens = 100_000;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    let rt = rt();
+    rt.block_on(async move {
+        // A long streamed answer whose client goes away after the first chunk.
+        let body = json!({"messages": [{"role": "user", "content": "Go on forever."}],
+            "max_tokens": 30_000, "temperature": 0, "stream": true,
+            "frequency_penalty": -2.0});
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut b = res.into_body();
+        let first = b.frame().await.expect("a frame").expect("frame ok");
+        assert!(first.data_ref().is_some());
+        drop(b);
+        drop(sender);
+        conn.abort();
+        let t0 = Instant::now();
+        loop {
+            let m =
+                String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+            if m.contains("pixlm_cancelled_total 1") && m.contains("pixlm_running_sequences 0") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the sequence was not cancelled:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Shutdown: a running request finishes, new ones get 503, then the server stops.
+    let running = rt.spawn(async move { post(addr, &chat("Last words?", 400)).await });
+    rt.block_on(async move {
+        // Wait until that request runs.
+        let t0 = Instant::now();
+        loop {
+            let v = request(addr, "GET", "/health", &[], None).await.json();
+            if v["running"].as_u64().unwrap_or(0) + v["waiting"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the request never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    h.shutdown();
+    let late = rt.block_on(async move {
+        let t0 = Instant::now();
+        loop {
+            let r = request(addr, "GET", "/health", &[], None).await;
+            if r.status == 503 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        post(addr, &chat("Too late", 2)).await
+    });
+    late.error(503);
+    let r = rt.block_on(running).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 400);
+    h.wait().expect("clean shutdown");
+}
+
+#[test]
+fn batched_answers_equal_sequential_ones() {
+    let Some(h) = start(|c| {
+        c.response_cache = false;
+        c.max_running = 8;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let mut bodies: Vec<Value> = (0..5)
+            .map(|i| chat(&"Tell me more about triangles. ".repeat(i + 1), 16 + 4 * i))
+            .collect();
+        bodies.push(json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": png_data_url()}},
+            {"type": "text", "text": "What is in the picture?"}]}],
+            "max_tokens": 16, "temperature": 0}));
+        let mut alone = Vec::new();
+        for b in &bodies {
+            let v = post(addr, b).await.json();
+            alone.push(v["choices"][0]["message"]["content"].clone());
+        }
+        // All at once, staggered so that prompts join while others decode.
+        let mut tasks = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(3 * i as u64)).await;
+                post(addr, &b).await
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.json()["choices"][0]["message"]["content"],
+                alone[i],
+                "request {i}"
+            );
+        }
+    });
+    stop(h);
+}
