@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if [ -z "${PIXLM_FIXTURES:-}" ] && [ ! -d ../shared/fixtures ]; then
   echo "warning: ../shared/fixtures not found (set PIXLM_FIXTURES); parity tests will be skipped" >&2
 fi
-cargo test --release --workspace -- --test-threads 2
+cargo test --release --workspace --no-fail-fast -- --test-threads 2

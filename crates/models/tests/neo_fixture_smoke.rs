@@ -105,3 +105,124 @@ fn neo_tiny_forward_matches_reference() {
         );
     }
 }
+
+/// The fixture case's ids and images, as the reference fed them.
+fn case_inputs(fx: &std::path::Path, case: &str) -> (Vec<u32>, Vec<ImageInput>) {
+    let exp = candle_core::safetensors::load(
+        fx.join("neo-tiny/cases")
+            .join(case)
+            .join("expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<u32> = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut images = Vec::new();
+    if let Some(g) = exp.get("grid_hw") {
+        let grids: Vec<Vec<i64>> = g.to_vec2().unwrap();
+        let mut off = 0;
+        for g in grids {
+            let n = (g[0] * g[1]) as usize;
+            images.push(ImageInput {
+                pixels: exp["pixel_values"]
+                    .narrow(0, off, n)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                grid_h: g[0] as usize,
+                grid_w: g[1] as usize,
+            });
+            off += n;
+        }
+    }
+    (ids, images)
+}
+
+#[test]
+fn packed_batch_of_three_equals_each_alone() {
+    let Some(fx) = fixtures() else {
+        eprintln!("fixtures not found; skipping");
+        return;
+    };
+    let dir = fx.join("neo-tiny/model");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let sp = NeoSpecialIds {
+        img_start: 151670,
+        img_end: 151671,
+        img_context: 151669,
+    };
+    let model = Model::load(&dir, &cfg, Some(sp), &Default::default()).unwrap();
+    let cases: Vec<(Vec<u32>, Vec<ImageInput>)> = ["text_only", "two_images", "single_image"]
+        .iter()
+        .map(|c| case_inputs(&fx, c))
+        .collect();
+    // Alone: prefill, then one decode step with a fixed token.
+    let mut alone = Vec::new();
+    for (ids, images) in &cases {
+        let mut cache = KvCache::new();
+        let p = model
+            .forward(
+                &mut [SeqInput {
+                    ids,
+                    images,
+                    decode: false,
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }],
+                None,
+            )
+            .unwrap();
+        let d = model
+            .forward(
+                &mut [SeqInput {
+                    ids: &[198],
+                    images: &[],
+                    decode: true,
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }],
+                None,
+            )
+            .unwrap();
+        alone.push((p[0].clone().unwrap(), d[0].clone().unwrap()));
+    }
+    // Packed: the three prompts in one forward, then their decode steps in one forward.
+    let mut caches = [KvCache::new(), KvCache::new(), KvCache::new()];
+    let mut batch: Vec<SeqInput> = cases
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|((ids, images), cache)| SeqInput {
+            ids,
+            images,
+            decode: false,
+            cache,
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    let p = model.forward(&mut batch, None).unwrap();
+    drop(batch);
+    let mut batch: Vec<SeqInput> = caches
+        .iter_mut()
+        .map(|cache| SeqInput {
+            ids: &[198],
+            images: &[],
+            decode: true,
+            cache,
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    let d = model.forward(&mut batch, None).unwrap();
+    for i in 0..3 {
+        let dp = maxdiff(p[i].as_ref().unwrap(), &alone[i].0);
+        let dd = maxdiff(d[i].as_ref().unwrap(), &alone[i].1);
+        assert!(
+            dp < 1e-5 && dd < 1e-5,
+            "sequence {i}: prefill {dp}, decode {dd}"
+        );
+    }
+}

@@ -56,7 +56,11 @@ pub fn build_example(
     kind: &str,
 ) -> Result<Example, DataError> {
     let patches = pixlm_media::preprocess(img, pre)?;
-    build_conversation(tok, &patches, &[(question.into(), answer.into(), kind.into())])
+    build_conversation(
+        tok,
+        &patches,
+        &[(question.into(), answer.into(), kind.into())],
+    )
 }
 
 /// Draws `n` fresh sequences. Each rendered image becomes one conversation holding up to
@@ -128,12 +132,24 @@ mod tests {
     #[test]
     fn conversation_matches_the_engine_prompt() {
         let tok = build_tokenizer();
-        let pre = PreprocessConfig { min_pixels: 16384, max_pixels: 16384, ..Default::default() };
+        let pre = PreprocessConfig {
+            min_pixels: 16384,
+            max_pixels: 16384,
+            ..Default::default()
+        };
         let img = image::RgbImage::from_pixel(128, 128, image::Rgb([255, 255, 255]));
         let patches = pixlm_media::preprocess(&img, &pre).unwrap();
         let qa = vec![
-            ("What color is the circle?".to_string(), "red".to_string(), "color".to_string()),
-            ("How many objects are there?".to_string(), "2".to_string(), "count_all".to_string()),
+            (
+                "What color is the circle?".to_string(),
+                "red".to_string(),
+                "color".to_string(),
+            ),
+            (
+                "How many objects are there?".to_string(),
+                "2".to_string(),
+                "count_all".to_string(),
+            ),
         ];
         let ex = build_conversation(&tok, &patches, &qa).unwrap();
         let msgs = vec![

@@ -36,7 +36,12 @@ fn loss_falls_and_checkpoint_runs() {
     let first = losses[..3].iter().sum::<f32>() / 3.0;
     let last = losses[27..].iter().sum::<f32>() / 3.0;
     assert!(last < first * 0.7, "loss did not fall: {first} -> {last}");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     // The checkpoint loads through the same path as a real NEO checkpoint and answers.
@@ -47,13 +52,26 @@ fn loss_falls_and_checkpoint_runs() {
     let msg = ChatMessage {
         role: "user".into(),
         content: Content::Parts(vec![
-            Part::ImageUrl { image_url: ImageUrl { url: path.to_string_lossy().into_owned() } },
-            Part::Text { text: "How many objects are there?".into() },
+            Part::ImageUrl {
+                image_url: ImageUrl {
+                    url: path.to_string_lossy().into_owned(),
+                },
+            },
+            Part::Text {
+                text: "How many objects are there?".into(),
+            },
         ]),
     };
     let p = engine.prepare(&[msg], None).unwrap();
     let g = engine
-        .generate(&p, &GenerateOptions { max_new_tokens: 4, ..Default::default() }, &mut |_| {})
+        .generate(
+            &p,
+            &GenerateOptions {
+                max_new_tokens: 4,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
         .unwrap();
     assert!(!g.ids.is_empty());
 }
@@ -69,17 +87,29 @@ fn resume_continues_exactly() {
     let mut a = Trainer::new(cfg.clone(), &split, false).unwrap();
     // Stop after step 3 by running a 3-step schedule's worth, then resume.
     let mut n = 0;
-    a.run(Some(std::time::Duration::ZERO), &mut |_| n += 1).unwrap();
+    a.run(Some(std::time::Duration::ZERO), &mut |_| n += 1)
+        .unwrap();
     assert_eq!(n, 1, "time limit zero stops after one step");
     drop(a);
     let mut b = Trainer::new(cfg, &split, true).unwrap();
     assert_eq!(b.step, 1);
     b.run(None, &mut |_| {}).unwrap();
-    let wa = candle_core::safetensors::load(full.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let wb = candle_core::safetensors::load(split.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let wa =
+        candle_core::safetensors::load(full.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let wb =
+        candle_core::safetensors::load(split.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     assert_eq!(wa.len(), wb.len());
     for (k, ta) in &wa {
-        let d: f32 = (ta - &wb[k]).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (ta - &wb[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d, 0.0, "{k} differs after resume");
     }
 }
