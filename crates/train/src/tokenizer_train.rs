@@ -172,7 +172,9 @@ pub fn try_build_tokenizer() -> Result<Tokenizer, TokenizerTrainError> {
         .iter()
         .map(|s| AddedToken::from(*s, true).normalized(false))
         .collect();
-    tokenizer.add_special_tokens(&specials);
+    tokenizer
+        .add_special_tokens(specials.clone())
+        .map_err(train_err)?;
     for (i, s) in SPECIAL_TOKENS.iter().enumerate() {
         if tokenizer.token_to_id(s) != Some((BPE_VOCAB_SIZE + i) as u32) {
             return Err(TokenizerTrainError::Train(format!(
