@@ -167,12 +167,7 @@ fn tol(spec: &Value, name: &str, default: f64) -> f64 {
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F32)?.flatten_all()?;
-    let b = b.to_dtype(DType::F32)?.flatten_all()?;
-    if a.dims() != b.dims() {
-        return Ok(f64::INFINITY);
-    }
-    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? as f64)
+    Ok(pixlm_models::max_abs_diff(a, b)? as f64)
 }
 
 fn line(name: &str, value: f64, tolerance: f64, note: impl Into<String>) -> CheckLine {

@@ -23,6 +23,17 @@ pub use transformer::{LogitsWanted, Positions, Trace};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 
+/// Largest |a − b| over two tensors, compared in f32 after flattening; infinity when their
+/// element counts differ. The one comparison parity checks and tests use.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let a = a.to_dtype(DType::F32)?.flatten_all()?;
+    let b = b.to_dtype(DType::F32)?.flatten_all()?;
+    if a.dims() != b.dims() {
+        return Ok(f32::INFINITY);
+    }
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+}
+
 /// One image's patches as the preprocessing produced them: (grid_h·grid_w, 3·p·p) f32,
 /// row-major over the patch grid, features in (channel, row, column) order.
 #[derive(Clone, Debug)]

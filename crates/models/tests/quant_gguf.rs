@@ -121,14 +121,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         let (from_file, report) = load(&out, None);
         assert_eq!(report.num_quantized(), linears);
         let got2 = all_logits(&from_file, &ids_, &images);
-        let d: f32 = (&got2 - &got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 = pixlm_models::max_abs_diff(&got2, &got).unwrap();
         assert!(
             d < 1e-4,
             "{fmt}: GGUF vs load-time quantization differ by {d}"

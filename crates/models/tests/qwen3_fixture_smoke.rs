@@ -17,14 +17,7 @@ fn fixtures() -> Option<PathBuf> {
 }
 
 fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    pixlm_models::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

@@ -78,14 +78,7 @@ fn loads_sharded_checkpoint() {
         serde_json::json!({"metadata": {}, "weight_map": index}).to_string(),
     )
     .unwrap();
-    let d: f32 = (logits(&src) - logits(&dst))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let d: f32 = pixlm_models::max_abs_diff(&logits(&src), &logits(&dst)).unwrap();
     assert_eq!(
         d, 0.0,
         "bf16 values are exact in f32, so the logits must be identical"
@@ -102,14 +95,7 @@ fn loads_sharded_checkpoint() {
         .map(|(k, v)| (k.clone(), v.to_dtype(DType::F16).unwrap()))
         .collect();
     candle_core::safetensors::save(&m, f16_dir.join("model.safetensors")).unwrap();
-    let d: f32 = (logits(&src) - logits(&f16_dir))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let d: f32 = pixlm_models::max_abs_diff(&logits(&src), &logits(&f16_dir)).unwrap();
     assert!(d < 1e-4, "f16 checkpoint logits differ by {d}");
     // A missing shard is named in the error.
     std::fs::remove_file(dst.join("model-00002-of-00002.safetensors")).unwrap();

@@ -102,14 +102,7 @@ fn resume_continues_exactly() {
             .unwrap();
     assert_eq!(wa.len(), wb.len());
     for (k, ta) in &wa {
-        let d: f32 = (ta - &wb[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d: f32 = pixlm_models::max_abs_diff(ta, &wb[k]).unwrap();
         assert_eq!(d, 0.0, "{k} differs after resume");
     }
 }

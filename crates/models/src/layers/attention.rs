@@ -122,14 +122,7 @@ mod tests {
             let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
             let o = p.matmul(&vh).unwrap();
             let got = out.narrow(1, h * 5, 5).unwrap();
-            let d: f32 = (o - got)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d: f32 = crate::max_abs_diff(&o, &got).unwrap();
             assert!(d < 1e-5, "head {h}: {d}");
         }
     }

@@ -337,14 +337,7 @@ mod tests {
             let y3 = q.forward(&x3).unwrap();
             let y2 = q.forward(&x3.squeeze(0).unwrap()).unwrap();
             assert_eq!(y3.dims(), &[1, 3, 96]);
-            let d: f32 = (y3.squeeze(0).unwrap() - y2)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d: f32 = crate::max_abs_diff(&y3.squeeze(0).unwrap(), &y2).unwrap();
             assert!(d < 1e-5);
             // bf16 compute goes through the same kernel.
             let yb = q
