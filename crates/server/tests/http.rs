@@ -588,7 +588,16 @@ fn bounded_queue_answers_everyone() {
         assert!(ok >= 4, "only {ok} answered");
         let r = request(addr, "GET", "/health", &[], None).await;
         assert_eq!(r.status, 200);
-        let m = String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        // A client has its whole answer before the scheduler finishes the step that freed its
+        // sequence, so the gauge reaches 0 a moment later: wait for it (bounded).
+        let mut m = String::new();
+        for _ in 0..50 {
+            m = String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+            if m.contains("pixlm_running_sequences 0") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert!(
             m.contains(&format!("pixlm_requests_total{{status=\"200\"}} {ok}")),
             "{m}"
