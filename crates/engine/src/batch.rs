@@ -4,6 +4,7 @@
 
 use crate::engine::{Engine, Prepared};
 use crate::error::{EngineError, Result};
+use crate::sampler::{Sampler, SamplingParams};
 use pixlm_models::{KvCache, LogitsWanted, SeqInput};
 
 /// Greedy answers for every prompt of `batch`, at most `max_new_tokens` each, stopping at the
@@ -15,7 +16,6 @@ pub fn greedy_batch(
 ) -> Result<Vec<Vec<u32>>> {
     let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); batch.len()];
-    let mut done = vec![false; batch.len()];
     let mut inputs: Vec<SeqInput> = batch
         .iter()
         .zip(caches.iter_mut())
@@ -30,6 +30,7 @@ pub fn greedy_batch(
     let mut logits = engine.model.forward(&mut inputs, None)?;
     drop(inputs);
     let mut active: Vec<usize> = (0..batch.len()).collect();
+    let mut greedy = Sampler::new(SamplingParams::greedy())?;
     for _ in 0..max_new_tokens {
         let mut next_ids: Vec<[u32; 1]> = Vec::new();
         let mut still = Vec::new();
@@ -39,15 +40,8 @@ pub fn greedy_batch(
                 .and_then(|l| l.as_ref())
                 .ok_or_else(|| EngineError::Request("model returned no logits".into()))?;
             let row: Vec<f32> = l.squeeze(0)?.to_vec1()?;
-            let mut best = 0usize;
-            for (j, &x) in row.iter().enumerate() {
-                if x > row[best] {
-                    best = j;
-                }
-            }
-            let id = best as u32;
+            let id = greedy.sample(&row, &[]);
             if engine.stop_ids.contains(&id) {
-                done[i] = true;
                 continue;
             }
             outs[i].push(id);
@@ -76,6 +70,5 @@ pub fn greedy_batch(
         logits = engine.model.forward(&mut inputs, None)?;
         active = still;
     }
-    let _ = done;
     Ok(outs)
 }

@@ -43,32 +43,7 @@ fn neo_tiny_forward_matches_reference() {
             &Device::Cpu,
         )
         .unwrap();
-        let input_ids: Vec<u32> = exp["input_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let mut images = Vec::new();
-        if let Some(g) = exp.get("grid_hw") {
-            let grids: Vec<Vec<i64>> = g.to_vec2().unwrap();
-            let pv = &exp["pixel_values"];
-            let mut off = 0;
-            for g in grids {
-                let n = (g[0] * g[1]) as usize;
-                images.push(ImageInput {
-                    pixels: pv
-                        .narrow(0, off, n)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap(),
-                    grid_h: g[0] as usize,
-                    grid_w: g[1] as usize,
-                });
-                off += n;
-            }
-        }
+        let (input_ids, images) = case_inputs(&fx, case);
         let mut cache = KvCache::new();
         let mut trace = Trace::default();
         let out = model
