@@ -37,6 +37,18 @@ pub struct TrainArgs {
     /// Write a checkpoint every N steps.
     #[arg(long, default_value_t = 250)]
     pub save_every: usize,
+    /// Task questions per rendered image (successive turns of one conversation).
+    #[arg(long, default_value_t = 4)]
+    pub per_image: usize,
+    /// Do not train the "Describe the image." turn (it lists every object; on by default
+    /// because it teaches shapes much faster).
+    #[arg(long)]
+    pub no_describe: bool,
+    /// Weight of the auxiliary image-token targets: each image token an object covers learns
+    /// to predict that object's colour and shape words (a dense signal that teaches the model
+    /// to see; only answer tokens count at inference). 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    pub aux_weight: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -52,11 +64,21 @@ pub struct TrainArgs {
 
 pub fn train(a: TrainArgs) -> Result<i32> {
     a.compute.load_options()?;
+    // Training is data-parallel: --threads workers, each running single-threaded kernels on
+    // its share of the batch (small matrices scale poorly across threads inside one kernel).
+    let workers = a
+        .compute
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    std::env::set_var("RAYON_NUM_THREADS", "1");
     let Some(spec) = ModelSpec::preset(&a.preset) else {
         bail!("unknown --preset {:?} (small or tiny)", a.preset);
     };
-    if a.steps == 0 || a.batch == 0 || a.save_every == 0 {
-        bail!("--steps, --batch and --save-every must be positive");
+    if !(a.aux_weight >= 0.0 && a.aux_weight.is_finite()) {
+        bail!("--aux-weight must be a non-negative number");
+    }
+    if a.steps == 0 || a.batch == 0 || a.save_every == 0 || a.per_image == 0 {
+        bail!("--steps, --batch, --per-image and --save-every must be positive");
     }
     let config = TrainConfig {
         spec,
@@ -66,16 +88,22 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         warmup: a.warmup.min(a.steps),
         seed: a.seed,
         save_every: a.save_every,
+        per_image: a.per_image,
+        describe: !a.no_describe,
+        workers,
+        aux_weight: a.aux_weight,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;
     let steps = trainer.config.steps;
     eprintln!(
-        "training {} steps × {} sequences into {} (starting at step {})",
+        "training {} steps × {} sequences into {} (starting at step {}, {} worker{})",
         steps,
         trainer.config.batch,
         a.out.display(),
-        trainer.step
+        trainer.step,
+        trainer.config.workers,
+        if trainer.config.workers == 1 { "" } else { "s" }
     );
     let bar = if a.log_every.is_some() {
         ProgressBar::hidden()

@@ -37,6 +37,10 @@ enum Command {
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
     /// Train a NEO-architecture model on the shapes task (checkpoints in the Hugging Face layout).
+    ///
+    /// Training is data-parallel: `--threads N` runs N workers, each differentiating its share
+    /// of every batch with single-threaded kernels (default: one per core). Results are
+    /// reproducible for a given seed and thread count.
     Train(cmd_train::TrainArgs),
     /// Accuracy of a model on a shapes evaluation directory, overall and per question kind.
     Eval(cmd_train::EvalArgs),

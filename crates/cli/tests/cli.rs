@@ -293,6 +293,22 @@ fn bad_flags_are_refused() {
 }
 
 #[test]
+fn bad_training_flags_are_refused() {
+    let out = tmpdir("badtrain");
+    let out = out.to_str().unwrap();
+    for (flag, value, needle) in [
+        ("--aux-weight", "-1", "aux-weight"),
+        ("--aux-weight", "nan", "aux-weight"),
+        ("--per-image", "0", "per-image"),
+        ("--threads", "0", "threads"),
+        ("--preset", "huge", "preset"),
+    ] {
+        let arg = format!("{flag}={value}");
+        assert_clear_error(&pixlm(&["train", "--out", out, &arg]), needle);
+    }
+}
+
+#[test]
 fn stop_strings_end_the_answer() {
     let Some(fx) = fixtures() else { return };
     let m = fx.join("neo-tiny/model");

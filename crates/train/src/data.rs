@@ -26,6 +26,10 @@ pub struct Example {
     /// (position, target id): the logits at `position` should predict `target`. Only the
     /// assistant's answer and its `<|im_end|>` are supervised.
     pub targets: Vec<(usize, u32)>,
+    /// Auxiliary targets on image tokens, (position, word id): the colour and the shape word
+    /// of the object covering that token (see [`token_objects`]). Training weighs them by
+    /// `TrainConfig::aux_weight`; empty unless the scene is known.
+    pub aux: Vec<(usize, u32)>,
     pub kind: String,
 }
 
@@ -68,6 +72,11 @@ pub fn build_example(
 /// layout NEO uses for several turns), so the image is encoded once for several supervised
 /// answers. The first turn is exactly the single-question prompt that `pixlm run` and
 /// `pixlm eval` build.
+///
+/// With `describe`, each conversation also asks [`shapes::DESCRIBE_QUESTION`]: as its last
+/// turn, or (one conversation in [`DESCRIBE_ONLY`]) as its only turn, so that the model also
+/// answers it first. It comes last otherwise so that no task question is answered with a
+/// description of the image already in context, which the evaluation never has.
 pub fn draw_batch(
     rng: &mut ShapesRng,
     balancer: &mut QuestionBalancer,
@@ -75,15 +84,103 @@ pub fn draw_batch(
     pre: &PreprocessConfig,
     n: usize,
     per_image: usize,
+    describe: bool,
 ) -> Result<Vec<Example>, DataError> {
+    use rand::Rng;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let (img, qs) = shapes::sample_balanced_example(rng, balancer, per_image);
+        let only = describe && rng.random_bool(DESCRIBE_ONLY);
+        let asked = if only { 0 } else { per_image };
+        let (scene, img, mut qs) = shapes::sample_balanced_example_with_scene(rng, balancer, asked);
+        if describe {
+            qs.push((
+                shapes::DESCRIBE_QUESTION.to_string(),
+                shapes::describe_answer(&scene),
+                "describe".to_string(),
+            ));
+        }
         let patches = pixlm_media::preprocess(&img, pre)?;
-        out.push(build_conversation(tok, &patches, &qs)?);
+        let mut ex = build_conversation(tok, &patches, &qs)?;
+        ex.aux = image_token_targets(tok, &ex.ids, &scene, &patches)?;
+        out.push(ex);
     }
     Ok(out)
 }
+
+/// For each image token (row-major over the merged grid, the order the patch embedding emits
+/// them), the index of the object covering most of the token's area when it covers at least
+/// a quarter of it (estimated on an 8x8 grid of sample points in the original image).
+pub fn token_objects(scene: &shapes::Scene, patches: &pixlm_media::Patches) -> Vec<Option<usize>> {
+    const S: usize = 8;
+    let (p, m) = (patches.patch_size, patches.merge_size.max(1));
+    let (th, tw) = (patches.grid_h / m, patches.grid_w / m);
+    let side = (p * m) as f32;
+    let sx = scene.width as f32 / (patches.grid_w * p) as f32;
+    let sy = scene.height as f32 / (patches.grid_h * p) as f32;
+    let mut out = Vec::with_capacity(th * tw);
+    for r in 0..th {
+        for c in 0..tw {
+            let mut counts = vec![0usize; scene.objects.len()];
+            for i in 0..S {
+                for j in 0..S {
+                    let x = (c as f32 * side + (j as f32 + 0.5) * side / S as f32) * sx;
+                    let y = (r as f32 * side + (i as f32 + 0.5) * side / S as f32) * sy;
+                    for (k, o) in scene.objects.iter().enumerate() {
+                        if o.sdf(x, y) <= 0.0 {
+                            counts[k] += 1;
+                        }
+                    }
+                }
+            }
+            let best = (0..counts.len()).max_by_key(|&k| (counts[k], std::cmp::Reverse(k)));
+            out.push(best.filter(|&k| counts[k] * 4 >= S * S));
+        }
+    }
+    out
+}
+
+/// The auxiliary targets of one conversation: at each `<IMG_CONTEXT>` position whose token an
+/// object covers, its colour word and its shape word.
+fn image_token_targets(
+    tok: &Tokenizer,
+    ids: &[u32],
+    scene: &shapes::Scene,
+    patches: &pixlm_media::Patches,
+) -> Result<Vec<(usize, u32)>, DataError> {
+    let id = |s: &str| -> Result<u32, DataError> {
+        let e = tok
+            .encode(s, false)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        match e.get_ids() {
+            [one] => Ok(*one),
+            _ => Err(DataError::Tokenizer(format!("{s:?} is not one token"))),
+        }
+    };
+    let ctx = tok
+        .token_to_id("<IMG_CONTEXT>")
+        .ok_or_else(|| DataError::Tokenizer("no <IMG_CONTEXT> token".into()))?;
+    let positions: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == ctx).collect();
+    let owners = token_objects(scene, patches);
+    if positions.len() != owners.len() {
+        return Err(DataError::Tokenizer(format!(
+            "{} image tokens in the prompt, {} in the grid",
+            positions.len(),
+            owners.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for (pos, owner) in positions.into_iter().zip(owners) {
+        if let Some(k) = owner {
+            let o = &scene.objects[k];
+            out.push((pos, id(o.color.name())?));
+            out.push((pos, id(o.shape.name())?));
+        }
+    }
+    Ok(out)
+}
+
+/// The share of training conversations that only ask for the description.
+pub const DESCRIBE_ONLY: f64 = 0.15;
 
 /// One conversation about one image: `qa` as (question, answer, kind) turns; every answer and
 /// its `<|im_end|>` are supervised.
@@ -120,6 +217,7 @@ pub fn build_conversation(
             grid_w: patches.grid_w,
         }],
         targets,
+        aux: Vec::new(),
         kind: qa.first().map(|q| q.2.clone()).unwrap_or_default(),
     })
 }
@@ -128,6 +226,71 @@ pub fn build_conversation(
 mod tests {
     use super::*;
     use crate::tokenizer_train::build_tokenizer;
+
+    #[test]
+    fn image_token_targets_name_the_covering_object() {
+        use crate::shapes::{ColorName, ImageFormat, Object, Orientation, Scene, Shape};
+        let tok = build_tokenizer();
+        let pre = PreprocessConfig {
+            min_pixels: 50176,
+            max_pixels: 50176,
+            ..Default::default()
+        };
+        // 224x224: a 7x7 grid of 32-pixel tokens. The square covers tokens (1..=2, 1..=2)
+        // exactly; the circle (centre of token (5, 5), diameter 16) covers a fifth of one.
+        let obj = |shape, color, center: [f32; 2], side: f32| Object {
+            shape,
+            color,
+            rgb: color.reference_rgb(),
+            center,
+            size: [side, side],
+            orientation: Orientation::Up,
+            antialias: false,
+        };
+        let scene = Scene {
+            width: 224,
+            height: 224,
+            background: [250, 250, 250],
+            noise: 0,
+            noise_on_objects: false,
+            objects: vec![
+                obj(Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
+                obj(Shape::Circle, ColorName::Blue, [176.0, 176.0], 16.0),
+            ],
+            format: ImageFormat::Png,
+        };
+        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([250, 250, 250]));
+        let patches = pixlm_media::preprocess(&img, &pre).unwrap();
+        let owners = token_objects(&scene, &patches);
+        assert_eq!(owners.len(), 49);
+        for r in 0..7 {
+            for c in 0..7 {
+                let want = ((1..=2).contains(&r) && (1..=2).contains(&c)).then_some(0);
+                assert_eq!(owners[r * 7 + c], want, "token ({r}, {c})");
+            }
+        }
+        // In a conversation the targets sit on those tokens' positions: "red" and "square".
+        let qa = vec![(
+            "How many objects are there?".into(),
+            "2".into(),
+            "count_all".into(),
+        )];
+        let ex = build_conversation(&tok, &patches, &qa).unwrap();
+        let aux = image_token_targets(&tok, &ex.ids, &scene, &patches).unwrap();
+        assert_eq!(aux.len(), 8);
+        let ctx = tok.token_to_id("<IMG_CONTEXT>").unwrap();
+        let first = ex.ids.iter().position(|&t| t == ctx).unwrap();
+        let red = tok.token_to_id("red").unwrap();
+        let square = tok.token_to_id("square").unwrap();
+        for (i, &(p, t)) in aux.iter().enumerate() {
+            let k = p - first;
+            assert!(
+                (1..=2).contains(&(k / 7)) && (1..=2).contains(&(k % 7)),
+                "{k}"
+            );
+            assert_eq!(t, if i % 2 == 0 { red } else { square });
+        }
+    }
 
     #[test]
     fn conversation_matches_the_engine_prompt() {

@@ -18,6 +18,20 @@ pub struct ModelSpec {
     /// Preprocessing pixel budget (the `vision_config` min/max pixels pixlm resizes to).
     pub min_pixels: u64,
     pub max_pixels: u64,
+    /// Base of the patch embedding's 2-D RoPE.
+    #[serde(default = "default_theta_vision")]
+    pub rope_theta_vision: f64,
+    /// Side of the patch embedding's square patches, in pixels.
+    #[serde(default = "default_patch")]
+    pub patch_size: usize,
+}
+
+fn default_patch() -> usize {
+    16
+}
+
+fn default_theta_vision() -> f64 {
+    10000.0
 }
 
 impl ModelSpec {
@@ -34,6 +48,8 @@ impl ModelSpec {
                 vision_hidden: 96,
                 min_pixels: 50176,
                 max_pixels: 50176,
+                rope_theta_vision: 10000.0,
+                patch_size: 16,
             }),
             "tiny" => Some(Self {
                 hidden: 32,
@@ -46,6 +62,8 @@ impl ModelSpec {
                 vision_hidden: 16,
                 min_pixels: 16384,
                 max_pixels: 16384,
+                rope_theta_vision: 10000.0,
+                patch_size: 16,
             }),
             _ => None,
         }
@@ -92,10 +110,10 @@ impl ModelSpec {
                 "model_type": "neo_vision",
                 "hidden_size": self.vision_hidden,
                 "llm_hidden_size": self.hidden,
-                "patch_size": 16,
+                "patch_size": self.patch_size,
                 "downsample_ratio": 0.5,
                 "num_channels": 3,
-                "rope_theta_vision": 10000.0,
+                "rope_theta_vision": self.rope_theta_vision,
                 "max_position_embeddings_vision": 10000,
                 "min_pixels": self.min_pixels,
                 "max_pixels": self.max_pixels,

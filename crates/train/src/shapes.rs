@@ -628,6 +628,28 @@ pub fn sample_example_with_scene<R: Rng + ?Sized>(
     (scene, img, qs)
 }
 
+/// The training-only question that asks for every object: see [`describe_answer`].
+pub const DESCRIBE_QUESTION: &str = "Describe the image.";
+
+/// The answer to [`DESCRIBE_QUESTION`]: the number of objects, then each object's colour and
+/// shape from left to right (by centre), e.g. `2 objects: red circle, blue square`. One turn
+/// supervises every object's colour and shape at once, which teaches the model to see shapes
+/// far faster than one-word answers do; it is also a useful thing to ask the shipped model.
+pub fn describe_answer(scene: &Scene) -> String {
+    let mut objs: Vec<&Object> = scene.objects.iter().collect();
+    objs.sort_by(|a, b| a.center[0].total_cmp(&b.center[0]));
+    let n = objs.len();
+    let list: Vec<String> = objs
+        .iter()
+        .map(|o| format!("{} {}", o.color.name(), o.shape.name()))
+        .collect();
+    format!(
+        "{n} {}: {}",
+        if n == 1 { "object" } else { "objects" },
+        list.join(", ")
+    )
+}
+
 /// Like [`sample_example`], with `n_questions` questions picked by `balancer` (balanced across
 /// kinds and answers over the whole training stream; keep one balancer for the run) instead of
 /// all of [`questions_for`]'s. Fewer come back only if the scene allows fewer.
@@ -636,6 +658,16 @@ pub fn sample_balanced_example<R: Rng + ?Sized>(
     balancer: &mut QuestionBalancer,
     n_questions: usize,
 ) -> (image::RgbImage, Vec<(String, String, String)>) {
+    let (_, img, qs) = sample_balanced_example_with_scene(rng, balancer, n_questions);
+    (img, qs)
+}
+
+/// Like [`sample_balanced_example`], also returning the scene.
+pub fn sample_balanced_example_with_scene<R: Rng + ?Sized>(
+    rng: &mut R,
+    balancer: &mut QuestionBalancer,
+    n_questions: usize,
+) -> (Scene, image::RgbImage, Vec<(String, String, String)>) {
     let scene = Scene::sample(rng);
     let img = render(&scene, rng);
     let img = apply_format(img, scene.format);
@@ -644,5 +676,5 @@ pub fn sample_balanced_example<R: Rng + ?Sized>(
         .into_iter()
         .map(Candidate::into_tuple)
         .collect();
-    (img, qs)
+    (scene, img, qs)
 }

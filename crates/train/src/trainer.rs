@@ -56,6 +56,23 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a checkpoint every this many steps (and at the end).
     pub save_every: usize,
+    /// Also train the description turn (see `data::draw_batch`).
+    #[serde(default)]
+    pub describe: bool,
+    /// Data-parallel workers: each step's batch is split into this many parts (balanced by
+    /// tokens), each differentiated on its own thread with single-threaded kernels, and the
+    /// gradients summed. On small models this scales far better than multi-threaded kernels.
+    /// Results depend on it (summation order), so a run is reproducible for a fixed count.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Weight of the auxiliary image-token targets (each covered image token predicts its
+    /// object's colour and shape words) relative to an answer token. 0 turns them off.
+    #[serde(default)]
+    pub aux_weight: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for TrainConfig {
@@ -72,6 +89,9 @@ impl Default for TrainConfig {
             clip: 1.0,
             seed: 0,
             save_every: 250,
+            describe: true,
+            workers: 1,
+            aux_weight: 0.0,
         }
     }
 }
@@ -148,17 +168,13 @@ impl AdamW {
         })
     }
 
-    fn step(
-        &mut self,
-        grads: &candle_core::backprop::GradStore,
-        lr: f64,
-        scale: f64,
-    ) -> Result<()> {
+    /// `grads[i]` is the gradient of `vars[i]` (None: not reached by the loss).
+    fn step(&mut self, grads: &[Option<Tensor>], lr: f64, scale: f64) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         for (i, (name, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else {
+            let Some(g) = &grads[i] else {
                 continue;
             };
             let g = (g * scale)?;
@@ -210,7 +226,7 @@ impl AdamW {
 }
 
 /// Deterministic initialisation from the seed: matrices N(0, 0.02²), norms 1, biases 0.
-fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
+fn init_weights(varmap: &VarMap, seed: u64, patch_fan_in: usize) -> Result<()> {
     use rand_distr::{Distribution, Normal};
     let data = varmap
         .data()
@@ -233,7 +249,7 @@ fn init_weights(varmap: &VarMap, seed: u64) -> Result<()> {
             }
             let mut rng = ShapesRng::seed_from_u64(h);
             let std = if name.contains("patch_embedding") {
-                1.0 / (768f64).sqrt()
+                1.0 / (patch_fan_in as f64).sqrt()
             } else {
                 0.02
             };
@@ -292,7 +308,7 @@ impl Trainer {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = Model::from_var_builder(&vb, &ModelConfig::Neo(neo), Some(special))?;
-        init_weights(&varmap, config.seed)?;
+        init_weights(&varmap, config.seed, 3 * config.spec.patch_size.pow(2))?;
         let mut opt = AdamW::new(&varmap, config.weight_decay)?;
         let mut step = 0;
         let (mut elapsed, mut history) = (0.0, Vec::new());
@@ -305,6 +321,7 @@ impl Trainer {
             history = st.loss_history;
         }
         let pre = PreprocessConfig {
+            patch_size: config.spec.patch_size,
             min_pixels: config.spec.min_pixels,
             max_pixels: config.spec.max_pixels,
             ..PreprocessConfig::default()
@@ -353,11 +370,19 @@ impl Trainer {
             pre,
             config.batch,
             config.per_image,
+            config.describe,
         )?)
     }
 
     /// Mean cross-entropy over the supervised tokens of `batch` (a graph to differentiate).
     pub fn loss(&self, batch: &[Example]) -> Result<Tensor> {
+        let n: usize = batch.iter().map(|e| e.targets.len()).sum();
+        self.loss_share(batch, n)
+    }
+
+    /// The cross-entropy summed over the supervised tokens of `part`, divided by `total`: the
+    /// part's share of the mean over a batch with `total` supervised tokens.
+    fn loss_share(&self, batch: &[Example], total: usize) -> Result<Tensor> {
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
         let mut inputs: Vec<SeqInput> = batch
             .iter()
@@ -373,29 +398,136 @@ impl Trainer {
         let logits = self.model.forward(&mut inputs, None)?;
         let mut rows = Vec::new();
         let mut targets = Vec::new();
+        let mut weights = Vec::new();
+        let aux_w = self.config.aux_weight as f32;
         for (ex, l) in batch.iter().zip(logits) {
             let l = l.ok_or_else(|| TrainError::Other("no logits".into()))?;
-            let pos: Vec<u32> = ex.targets.iter().map(|&(p, _)| p as u32).collect();
-            rows.push(l.index_select(&Tensor::from_vec(pos, ex.targets.len(), &Device::Cpu)?, 0)?);
-            targets.extend(ex.targets.iter().map(|&(_, t)| t));
+            let aux: &[(usize, u32)] = if aux_w > 0.0 { &ex.aux } else { &[] };
+            let all = ex.targets.iter().chain(aux);
+            let pos: Vec<u32> = all.clone().map(|&(p, _)| p as u32).collect();
+            let k = pos.len();
+            rows.push(l.index_select(&Tensor::from_vec(pos, k, &Device::Cpu)?, 0)?);
+            targets.extend(all.map(|&(_, t)| t));
+            weights.extend(std::iter::repeat_n(1f32, ex.targets.len()));
+            weights.extend(std::iter::repeat_n(aux_w, aux.len()));
         }
         let n = targets.len();
         let logits = Tensor::cat(&rows, 0)?;
-        let targets = Tensor::from_vec(targets, n, &Device::Cpu)?;
-        Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+        let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu)?;
+        let weights = Tensor::from_vec(weights, n, &Device::Cpu)?;
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let picked = logp.gather(&targets, 1)?.squeeze(1)?;
+        // Weighted negative log-likelihood over the batch's `total` answer tokens.
+        Ok(((picked * weights)?.sum_all()? * (-1.0 / total.max(1) as f64))?)
+    }
+
+    /// How often the image tokens' auxiliary targets are the arg-max over the target words
+    /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy.
+    pub fn aux_accuracy(&self, batch: &[Example]) -> Result<(f64, f64)> {
+        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
+        let mut inputs: Vec<SeqInput> = batch
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(ex, cache)| SeqInput {
+                ids: &ex.ids,
+                images: &ex.images,
+                decode: false,
+                cache,
+                logits: LogitsWanted::All,
+            })
+            .collect();
+        let logits = self.model.forward(&mut inputs, None)?;
+        let ids = |names: &[&str]| -> Vec<u32> {
+            names
+                .iter()
+                .filter_map(|n| self.tokenizer.token_to_id(n))
+                .collect()
+        };
+        let colors = ids(&[
+            "red", "green", "blue", "yellow", "purple", "orange", "black", "gray",
+        ]);
+        let shapes = ids(&["circle", "square", "triangle"]);
+        let (mut ok, mut n) = ([0usize; 2], [0usize; 2]);
+        for (ex, l) in batch.iter().zip(logits) {
+            let l = l.ok_or_else(|| TrainError::Other("no logits".into()))?;
+            for &(p, t) in &ex.aux {
+                let row: Vec<f32> = l.get(p)?.to_vec1()?;
+                let (set, k) = if colors.contains(&t) {
+                    (&colors, 0)
+                } else {
+                    (&shapes, 1)
+                };
+                let best = set
+                    .iter()
+                    .copied()
+                    .max_by(|&a, &b| row[a as usize].total_cmp(&row[b as usize]));
+                n[k] += 1;
+                ok[k] += usize::from(best == Some(t));
+            }
+        }
+        Ok((
+            ok[0] as f64 / n[0].max(1) as f64,
+            ok[1] as f64 / n[1].max(1) as f64,
+        ))
+    }
+
+    /// Loss share and gradients (in optimizer order) of one part of a batch.
+    fn part_grads(&self, part: &[Example], total: usize) -> Result<(f32, Vec<Option<Tensor>>)> {
+        let loss = self.loss_share(part, total)?;
+        let grads = loss.backward()?;
+        let g = self
+            .opt
+            .vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect();
+        Ok((loss.to_scalar::<f32>()?, g))
+    }
+
+    /// The batch's mean loss and gradients, computed by `config.workers` threads on parts of
+    /// the batch balanced by token count, summed in a fixed order.
+    fn loss_and_grads(&self, batch: &[Example]) -> Result<(f32, Vec<Option<Tensor>>)> {
+        let total: usize = batch.iter().map(|e| e.targets.len()).sum();
+        let parts = split_balanced(batch, self.config.workers);
+        if parts.len() <= 1 {
+            return self.part_grads(batch, total);
+        }
+        let results: Vec<Result<(f32, Vec<Option<Tensor>>)>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|p| sc.spawn(move || self.part_grads(p, total)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(TrainError::Other("a worker panicked".into())))
+                })
+                .collect()
+        });
+        let mut loss = 0f32;
+        let mut sum: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
+        for r in results {
+            let (l, grads) = r?;
+            loss += l;
+            for (acc, g) in sum.iter_mut().zip(grads) {
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(g)) => Some((a + g)?),
+                    (a, g) => a.or(g),
+                };
+            }
+        }
+        Ok((loss, sum))
     }
 
     /// One optimisation step on `batch`.
     pub fn train_step(&mut self, batch: &[Example]) -> Result<StepStats> {
         let t0 = Instant::now();
         let lr = lr_at(&self.config, self.step);
-        let loss = self.loss(batch)?;
-        let grads = loss.backward()?;
+        let (loss, grads) = self.loss_and_grads(batch)?;
         let mut sq = 0f64;
-        for (_, var) in &self.opt.vars {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
+        for g in grads.iter().flatten() {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         let norm = sq.sqrt();
         let scale = if norm > self.config.clip {
@@ -404,7 +536,6 @@ impl Trainer {
             1.0
         };
         self.opt.step(&grads, lr, scale)?;
-        let loss = loss.to_scalar::<f32>()?;
         if !loss.is_finite() {
             return Err(TrainError::Other(format!(
                 "loss became {loss} at step {}",
@@ -519,6 +650,27 @@ impl Trainer {
         let _ = producer.join();
         Ok(())
     }
+}
+
+/// Splits `batch` into at most `n` contiguous, non-empty parts of about equal token counts.
+fn split_balanced(batch: &[Example], n: usize) -> Vec<&[Example]> {
+    let n = n.clamp(1, batch.len().max(1));
+    let total: usize = batch.iter().map(|e| e.ids.len()).sum();
+    let mut parts = Vec::with_capacity(n);
+    let (mut start, mut acc) = (0, 0);
+    for (i, e) in batch.iter().enumerate() {
+        acc += e.ids.len();
+        let k = parts.len() + 1;
+        // Close part k once it holds its share, keeping at least one example per later part.
+        if k < n && acc * n >= total * k && batch.len() - (i + 1) >= n - k {
+            parts.push(&batch[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < batch.len() {
+        parts.push(&batch[start..]);
+    }
+    parts
 }
 
 fn tok_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {

@@ -106,3 +106,34 @@ fn resume_continues_exactly() {
         assert_eq!(d, 0.0, "{k} differs after resume");
     }
 }
+
+#[test]
+fn two_workers_match_one() {
+    // Data parallelism splits the batch and sums the parts' gradients: the same update as one
+    // worker up to float summation order.
+    let mut weights = Vec::new();
+    for workers in [1, 2, 3] {
+        let out = tmp(&format!("workers{workers}"));
+        let mut cfg = config(2);
+        cfg.workers = workers;
+        let mut t = Trainer::new(cfg, &out, false).unwrap();
+        let mut losses = Vec::new();
+        t.run(None, &mut |s| losses.push(s.loss)).unwrap();
+        let w = candle_core::safetensors::load(
+            out.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        weights.push((losses, w));
+    }
+    let (l1, w1) = &weights[0];
+    for (l, w) in &weights[1..] {
+        for (a, b) in l1.iter().zip(l) {
+            assert!((a - b).abs() < 1e-5, "losses {l1:?} vs {l:?}");
+        }
+        for (k, ta) in w1 {
+            let d: f32 = pixlm_models::max_abs_diff(ta, &w[k]).unwrap();
+            assert!(d < 1e-5, "{k} differs by {d}");
+        }
+    }
+}

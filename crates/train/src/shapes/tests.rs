@@ -579,3 +579,33 @@ fn rendering_is_fast() {
     // Generous bound: the machine may be busy; release builds take a few ms.
     assert!(ms < 100.0, "{ms} ms");
 }
+
+#[test]
+fn describe_lists_every_object_left_to_right() {
+    for scene in scenes(31, 200) {
+        let text = describe_answer(&scene);
+        let (head, list) = text.split_once(": ").expect("count, colon, list");
+        let n = scene.objects.len();
+        let noun = if n == 1 { "object" } else { "objects" };
+        assert_eq!(head, format!("{n} {noun}"));
+        let items: Vec<&str> = list.split(", ").collect();
+        assert_eq!(items.len(), n, "{text}");
+        // Every item names an object of the scene, each object once, in order of centre x.
+        let mut xs = Vec::new();
+        let mut used = vec![false; n];
+        for item in items {
+            let (c, s) = item.split_once(' ').expect("colour shape");
+            let i = (0..n)
+                .filter(|&i| !used[i])
+                .filter(|&i| obj_words(&scene.objects[i]) == (c, s))
+                .min_by(|&a, &b| scene.objects[a].center[0].total_cmp(&scene.objects[b].center[0]))
+                .unwrap_or_else(|| panic!("{item} is not an object of the scene: {text}"));
+            used[i] = true;
+            xs.push(scene.objects[i].center[0]);
+        }
+        assert!(
+            xs.windows(2).all(|w| w[0] <= w[1]),
+            "not left to right: {text}"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Image-token probe of a training checkpoint: `cargo run --release -p pixlm-train --example
+//! probe -- RUN_DIR [BATCHES]` prints how often covered image tokens predict their object's
+//! colour and shape (a diagnostic of what the vision path has learned).
+use pixlm_train::trainer::{TrainConfig, Trainer};
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = std::path::PathBuf::from(args.next().expect("RUN_DIR"));
+    let batches: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let t = Trainer::new(TrainConfig::default(), &dir, true).expect("loading the run");
+    let (mut c, mut s) = (0.0, 0.0);
+    for b in 0..batches {
+        let batch = Trainer::batch_for(
+            &t.config,
+            t.tokenizer(),
+            t.preprocess_config(),
+            1_000_000 + b,
+        )
+        .expect("data");
+        let (ci, si) = t.aux_accuracy(&batch).expect("forward");
+        c += ci;
+        s += si;
+    }
+    println!(
+        "image tokens: colour {:.1}%  shape {:.1}%",
+        100.0 * c / batches as f64,
+        100.0 * s / batches as f64
+    );
+}
