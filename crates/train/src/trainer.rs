@@ -380,9 +380,8 @@ impl Trainer {
         self.loss_share(batch, n)
     }
 
-    /// The cross-entropy summed over the supervised tokens of `part`, divided by `total`: the
-    /// part's share of the mean over a batch with `total` supervised tokens.
-    fn loss_share(&self, batch: &[Example], total: usize) -> Result<Tensor> {
+    /// Logits at every position of each example, one packed forward from empty caches.
+    fn logits(&self, batch: &[Example]) -> Result<Vec<Option<Tensor>>> {
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
         let mut inputs: Vec<SeqInput> = batch
             .iter()
@@ -396,6 +395,13 @@ impl Trainer {
             })
             .collect();
         let logits = self.model.forward(&mut inputs, None)?;
+        Ok(logits)
+    }
+
+    /// The cross-entropy summed over the supervised tokens of `part`, divided by `total`: the
+    /// part's share of the mean over a batch with `total` supervised tokens.
+    fn loss_share(&self, batch: &[Example], total: usize) -> Result<Tensor> {
+        let logits = self.logits(batch)?;
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         let mut weights = Vec::new();
@@ -424,19 +430,7 @@ impl Trainer {
     /// How often the image tokens' auxiliary targets are the arg-max over the target words
     /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy.
     pub fn aux_accuracy(&self, batch: &[Example]) -> Result<(f64, f64)> {
-        let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
-        let mut inputs: Vec<SeqInput> = batch
-            .iter()
-            .zip(caches.iter_mut())
-            .map(|(ex, cache)| SeqInput {
-                ids: &ex.ids,
-                images: &ex.images,
-                decode: false,
-                cache,
-                logits: LogitsWanted::All,
-            })
-            .collect();
-        let logits = self.model.forward(&mut inputs, None)?;
+        let logits = self.logits(batch)?;
         let ids = |names: &[&str]| -> Vec<u32> {
             names
                 .iter()
