@@ -1,30 +1,11 @@
 //! End-to-end behaviour of the real `pixlm` binary: answers, parity checks, and every bad
 //! input giving a clear message and a non-zero exit without a panic.
 
+mod common;
+
+use common::{fixtures, pixlm, tmpdir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn pixlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pixlm"))
-        .args(args)
-        .env("PIXLM_LOG", "error")
-        .output()
-        .expect("the pixlm binary runs")
-}
-
-fn fixtures() -> Option<PathBuf> {
-    let p = std::env::var_os("PIXLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        });
-    if p.join("neo-tiny/model/config.json").is_file() {
-        Some(p)
-    } else {
-        eprintln!("fixtures not found at {}; skipping", p.display());
-        None
-    }
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -42,13 +23,6 @@ fn assert_clear_error(o: &Output, needle: &str) {
         err.to_lowercase().contains(&needle.to_lowercase()),
         "message should mention {needle:?}: {err}"
     );
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixlm-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A copy of the neo-tiny model directory (weights linked) whose config.json is edited by `f`.

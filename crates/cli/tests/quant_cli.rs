@@ -1,37 +1,10 @@
 //! `pixlm quantize` writes one GGUF file that `pixlm run --model FILE.gguf` loads with no other
 //! file; `--quant` quantizes at load; a GGUF from another tool is refused with a clear message.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn pixlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pixlm"))
-        .args(args)
-        .env("PIXLM_LOG", "error")
-        .output()
-        .expect("the pixlm binary runs")
-}
-
-fn fixtures() -> Option<PathBuf> {
-    let p = std::env::var_os("PIXLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-        });
-    if p.join("neo-tiny/model/config.json").is_file() {
-        Some(p)
-    } else {
-        eprintln!("fixtures not found at {}; skipping", p.display());
-        None
-    }
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixlm-quant-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{fixtures, pixlm, tmpdir};
+use std::process::Output;
 
 fn text(o: &Output) -> (String, String) {
     (
