@@ -374,12 +374,6 @@ impl Trainer {
         )?)
     }
 
-    /// Mean cross-entropy over the supervised tokens of `batch` (a graph to differentiate).
-    pub fn loss(&self, batch: &[Example]) -> Result<Tensor> {
-        let n: usize = batch.iter().map(|e| e.targets.len()).sum();
-        self.loss_share(batch, n)
-    }
-
     /// Logits at every position of each example, one packed forward from empty caches.
     fn logits(&self, batch: &[Example]) -> Result<Vec<Option<Tensor>>> {
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
