@@ -34,6 +34,30 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
 }
 
+/// Deterministic N(0, std²) test data (splitmix64 + Box–Muller), so a tolerance that holds
+/// once holds on every machine and every run; candle's CPU `randn` cannot be seeded.
+#[cfg(test)]
+pub(crate) fn seeded_randn(seed: u64, std: f32, shape: &[usize]) -> Tensor {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        // 53 random bits in (0, 1]: never 0, so the logarithm below is finite.
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + f64::EPSILON
+    };
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2) = (next(), next());
+            let g = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (g * std as f64) as f32
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches the data")
+}
+
 /// One image's patches as the preprocessing produced them: (grid_h·grid_w, 3·p·p) f32,
 /// row-major over the patch grid, features in (channel, row, column) order.
 #[derive(Clone, Debug)]

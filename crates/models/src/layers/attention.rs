@@ -106,9 +106,9 @@ mod tests {
     #[test]
     fn gqa_matches_repeated_heads() {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (3, 4, 8), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1., (2, 3, 8), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1., (2, 3, 5), &dev).unwrap();
+        let q = crate::seeded_randn(1, 1.0, &[3, 4, 8]);
+        let k = crate::seeded_randn(2, 1.0, &[2, 3, 8]);
+        let v = crate::seeded_randn(3, 1.0, &[2, 3, 5]);
         let mask = block_mask(&[0, 1, 2], 3, &dev).unwrap();
         let out = attention(&q, &k, &v, mask.as_ref(), 0.5).unwrap();
         // naive: per head

@@ -311,14 +311,15 @@ mod tests {
 
     #[test]
     fn quantized_matches_dense_within_tolerance() {
-        let dev = Device::Cpu;
         // (format, max error / max |y|, mean error / mean |y|): Q8_0 keeps ~8 bits, Q4_K ~4.
+        // Over 40 seeds of this shape Q8_0 measured 0.007-0.012 / 0.008-0.010 and Q4_K
+        // 0.06-0.11 / 0.068-0.083; a wrong block layout or scale gives errors near 1.
         for (fmt, tol_max, tol_mean) in [
-            (QuantFormat::Q8_0, 0.02, 0.01),
-            (QuantFormat::Q4K, 0.15, 0.08),
+            (QuantFormat::Q8_0, 0.02, 0.015),
+            (QuantFormat::Q4K, 0.15, 0.10),
         ] {
-            let w = Tensor::randn(0f32, 0.05, (96, 512), &dev).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (7, 512), &dev).unwrap();
+            let w = crate::seeded_randn(1, 0.05, &[96, 512]);
+            let x = crate::seeded_randn(2, 1.0, &[7, 512]);
             let dense = Linear::from_weight(w.clone());
             let q = Linear::quantized(&w, fmt).unwrap();
             assert_eq!(q.format(), Some(fmt));
@@ -328,8 +329,7 @@ mod tests {
             let (m, a) = rel_err(&yq, &yd);
             assert!(m < tol_max && a < tol_mean, "{fmt}: max {m} mean {a}");
             // A 3-D, non-contiguous input works too and agrees with the 2-D rows.
-            let x3 = Tensor::randn(0f32, 1.0, (512, 3), &dev)
-                .unwrap()
+            let x3 = crate::seeded_randn(3, 1.0, &[512, 3])
                 .t()
                 .unwrap()
                 .unsqueeze(0)
