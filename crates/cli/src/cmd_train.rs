@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// to see; only answer tokens count at inference). 0 turns it off.
     #[arg(long, default_value_t = 0.0)]
     pub aux_weight: f64,
+    /// Weight of the training-only object-shape head: from the patch embedding's output,
+    /// pooled over the image tokens each object covers, it names the object's shape, which
+    /// teaches the visual stem shapes directly. Not saved with the model. 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    pub stem_aux_weight: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -74,8 +79,13 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let Some(spec) = ModelSpec::preset(&a.preset) else {
         bail!("unknown --preset {:?} (small or tiny)", a.preset);
     };
-    if !(a.aux_weight >= 0.0 && a.aux_weight.is_finite()) {
-        bail!("--aux-weight must be a non-negative number");
+    for (flag, w) in [
+        ("--aux-weight", a.aux_weight),
+        ("--stem-aux-weight", a.stem_aux_weight),
+    ] {
+        if !(w >= 0.0 && w.is_finite()) {
+            bail!("{flag} must be a non-negative number");
+        }
     }
     if a.steps == 0 || a.batch == 0 || a.save_every == 0 || a.per_image == 0 {
         bail!("--steps, --batch, --per-image and --save-every must be positive");
@@ -92,6 +102,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         describe: !a.no_describe,
         workers,
         aux_weight: a.aux_weight,
+        stem_aux_weight: a.stem_aux_weight,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;

@@ -7,7 +7,7 @@ fn main() {
     let dir = std::path::PathBuf::from(args.next().expect("RUN_DIR"));
     let batches: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(4);
     let t = Trainer::new(TrainConfig::default(), &dir, true).expect("loading the run");
-    let (mut c, mut s) = (0.0, 0.0);
+    let (mut c, mut s, mut h) = (0.0, 0.0, None);
     for b in 0..batches {
         let batch = Trainer::batch_for(
             &t.config,
@@ -17,6 +17,9 @@ fn main() {
         )
         .expect("data");
         let (ci, si) = t.aux_accuracy(&batch).expect("forward");
+        if let Some(a) = t.stem_head_accuracy(&batch).expect("forward") {
+            h = Some(h.unwrap_or(0.0) + a / batches as f64);
+        }
         c += ci;
         s += si;
     }
@@ -25,4 +28,10 @@ fn main() {
         100.0 * c / batches as f64,
         100.0 * s / batches as f64
     );
+    if let Some(h) = h {
+        println!(
+            "object-shape head: {:.1}% of objects named right",
+            100.0 * h
+        );
+    }
 }

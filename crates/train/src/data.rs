@@ -30,7 +30,23 @@ pub struct Example {
     /// of the object covering that token (see [`token_objects`]). Training weighs them by
     /// `TrainConfig::aux_weight`; empty unless the scene is known.
     pub aux: Vec<(usize, u32)>,
+    /// The objects of the example's images with the image tokens each covers (the targets
+    /// of the training-only object-shape head, `TrainConfig::stem_aux_weight`); empty unless
+    /// the scene is known.
+    pub objects: Vec<ObjectTokens>,
     pub kind: String,
+}
+
+/// One object of an example's image: its shape and the image tokens it covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectTokens {
+    /// Which of the example's images.
+    pub image: usize,
+    /// Rows of that image's tokens (row-major over the merged grid) the object covers most
+    /// of, as [`token_objects`] assigns them; never empty.
+    pub tokens: Vec<u32>,
+    /// Index into [`shapes::Shape::ALL`].
+    pub shape: u32,
 }
 
 /// The user message for a question about one image, as `pixlm run --image` builds it.
@@ -102,9 +118,37 @@ pub fn draw_batch(
         let patches = pixlm_media::preprocess(&img, pre)?;
         let mut ex = build_conversation(tok, &patches, &qs)?;
         ex.aux = image_token_targets(tok, &ex.ids, &scene, &patches)?;
+        ex.objects = object_tokens(&scene, &patches, 0);
         out.push(ex);
     }
     Ok(out)
+}
+
+/// The objects of `scene` (image `image` of its example) with the tokens [`token_objects`]
+/// gives them; objects that cover no token are left out.
+pub fn object_tokens(
+    scene: &shapes::Scene,
+    patches: &pixlm_media::Patches,
+    image: usize,
+) -> Vec<ObjectTokens> {
+    let owners = token_objects(scene, patches);
+    scene
+        .objects
+        .iter()
+        .enumerate()
+        .filter_map(|(k, o)| {
+            let tokens: Vec<u32> = (0..owners.len())
+                .filter(|&i| owners[i] == Some(k))
+                .map(|i| i as u32)
+                .collect();
+            let shape = shapes::Shape::ALL.iter().position(|&s| s == o.shape)? as u32;
+            (!tokens.is_empty()).then_some(ObjectTokens {
+                image,
+                tokens,
+                shape,
+            })
+        })
+        .collect()
 }
 
 /// For each image token (row-major over the merged grid, the order the patch embedding emits
@@ -218,6 +262,7 @@ pub fn build_conversation(
         }],
         targets,
         aux: Vec::new(),
+        objects: Vec::new(),
         kind: qa.first().map(|q| q.2.clone()).unwrap_or_default(),
     })
 }
@@ -269,6 +314,16 @@ mod tests {
                 assert_eq!(owners[r * 7 + c], want, "token ({r}, {c})");
             }
         }
+        // The object-shape head pools exactly those tokens for the square (shape index 1);
+        // the circle covers no token and is left out.
+        assert_eq!(
+            object_tokens(&scene, &patches, 0),
+            vec![ObjectTokens {
+                image: 0,
+                tokens: vec![8, 9, 15, 16],
+                shape: 1,
+            }]
+        );
         // In a conversation the targets sit on those tokens' positions: "red" and "square".
         let qa = vec![(
             "How many objects are there?".into(),

@@ -14,7 +14,7 @@ use crate::tokenizer_train;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use pixlm_media::PreprocessConfig;
-use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput};
+use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -69,7 +69,19 @@ pub struct TrainConfig {
     /// object's colour and shape words) relative to an answer token. 0 turns them off.
     #[serde(default)]
     pub aux_weight: f64,
+    /// Weight of the training-only object-shape head: from the patch embedding's output,
+    /// mean- and max-pooled over the image tokens each object covers, a linear head names the
+    /// object's shape. It hands the visual stem a direct, local shape signal, which the
+    /// answers alone deliver far too slowly; the head is not part of the saved model. 0 turns
+    /// it off.
+    #[serde(default)]
+    pub stem_aux_weight: f64,
 }
+
+/// Classes of the object-shape head: circle, square, triangle.
+const SHAPE_CLASSES: usize = 3;
+/// Where a run keeps the object-shape head (beside, not in, the model).
+const STEM_HEAD_FILE: &str = "stem_head.safetensors";
 
 fn one() -> usize {
     1
@@ -92,6 +104,7 @@ impl Default for TrainConfig {
             describe: true,
             workers: 1,
             aux_weight: 0.0,
+            stem_aux_weight: 0.0,
         }
     }
 }
@@ -139,14 +152,17 @@ struct AdamW {
 }
 
 impl AdamW {
-    fn new(varmap: &VarMap, wd: f64) -> Result<Self> {
-        let mut vars: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| TrainError::Other("variable map lock poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+    fn new(varmaps: &[&VarMap], wd: f64) -> Result<Self> {
+        let mut vars: Vec<(String, Var)> = Vec::new();
+        for vm in varmaps {
+            vars.extend(
+                vm.data()
+                    .lock()
+                    .map_err(|_| TrainError::Other("variable map lock poisoned".into()))?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let m = vars
             .iter()
@@ -267,6 +283,9 @@ pub struct Trainer {
     pub out: PathBuf,
     tokenizer: tokenizers::Tokenizer,
     varmap: VarMap,
+    /// The training-only object-shape head (empty when `stem_aux_weight` is 0), saved apart
+    /// from the model in `stem_head.safetensors`.
+    head: VarMap,
     model: Model,
     opt: AdamW,
     pre: PreprocessConfig,
@@ -309,12 +328,25 @@ impl Trainer {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = Model::from_var_builder(&vb, &ModelConfig::Neo(neo), Some(special))?;
         init_weights(&varmap, config.seed, 3 * config.spec.patch_size.pow(2))?;
-        let mut opt = AdamW::new(&varmap, config.weight_decay)?;
+        let head = VarMap::new();
+        if config.stem_aux_weight > 0.0 {
+            let hb = VarBuilder::from_varmap(&head, DType::F32, &Device::Cpu);
+            let zero = candle_nn::Init::Const(0.0);
+            let width = 2 * config.spec.hidden;
+            hb.get_with_hints((SHAPE_CLASSES, width), "stem_head.weight", zero)?;
+            hb.get_with_hints(SHAPE_CLASSES, "stem_head.bias", zero)?;
+            init_weights(&head, config.seed, 1)?;
+        }
+        let mut opt = AdamW::new(&[&varmap, &head], config.weight_decay)?;
         let mut step = 0;
         let (mut elapsed, mut history) = (0.0, Vec::new());
         if let Some(st) = prior {
             let mut vm = varmap.clone();
             vm.load(out.join("model.safetensors"))?;
+            if config.stem_aux_weight > 0.0 {
+                let mut hv = head.clone();
+                hv.load(out.join(STEM_HEAD_FILE))?;
+            }
             opt.load(&out.join("optimizer.safetensors"))?;
             step = st.step;
             elapsed = st.elapsed_secs;
@@ -331,6 +363,7 @@ impl Trainer {
             out: out.to_path_buf(),
             tokenizer,
             varmap,
+            head,
             model,
             opt,
             pre,
@@ -375,7 +408,7 @@ impl Trainer {
     }
 
     /// Logits at every position of each example, one packed forward from empty caches.
-    fn logits(&self, batch: &[Example]) -> Result<Vec<Option<Tensor>>> {
+    fn logits(&self, batch: &[Example], trace: Option<&mut Trace>) -> Result<Vec<Option<Tensor>>> {
         let mut caches: Vec<KvCache> = batch.iter().map(|_| KvCache::new()).collect();
         let mut inputs: Vec<SeqInput> = batch
             .iter()
@@ -388,14 +421,16 @@ impl Trainer {
                 logits: LogitsWanted::All,
             })
             .collect();
-        let logits = self.model.forward(&mut inputs, None)?;
+        let logits = self.model.forward(&mut inputs, trace)?;
         Ok(logits)
     }
 
     /// The cross-entropy summed over the supervised tokens of `part`, divided by `total`: the
-    /// part's share of the mean over a batch with `total` supervised tokens.
-    fn loss_share(&self, batch: &[Example], total: usize) -> Result<Tensor> {
-        let logits = self.logits(batch)?;
+    /// part's share of the mean over a batch with `total` supervised tokens; plus, with the
+    /// object-shape head, its share of that head's mean loss over the batch's `objects`.
+    fn loss_share(&self, batch: &[Example], total: usize, objects: usize) -> Result<Tensor> {
+        let mut trace = Trace::default();
+        let logits = self.logits(batch, Some(&mut trace))?;
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         let mut weights = Vec::new();
@@ -418,13 +453,80 @@ impl Trainer {
         let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
         let picked = logp.gather(&targets, 1)?.squeeze(1)?;
         // Weighted negative log-likelihood over the batch's `total` answer tokens.
-        Ok(((picked * weights)?.sum_all()? * (-1.0 / total.max(1) as f64))?)
+        let loss = ((picked * weights)?.sum_all()? * (-1.0 / total.max(1) as f64))?;
+        match self.stem_head_logits(batch, trace.vision_embeds.as_ref())? {
+            Some((logits, targets)) => {
+                let n = targets.len();
+                let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu)?;
+                let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+                let nll = logp.gather(&targets, 1)?.sum_all()?;
+                let w = self.config.stem_aux_weight / objects.max(1) as f64;
+                Ok((loss - (nll * w)?)?)
+            }
+            None => Ok(loss),
+        }
+    }
+
+    /// The object-shape head's logits, one row per object of `batch` whose tokens are known,
+    /// and the objects' shapes. `vision` is the patch embedding's output for all of the
+    /// batch's images, in order. `None` when the head is off or no object is known.
+    fn stem_head_logits(
+        &self,
+        batch: &[Example],
+        vision: Option<&Tensor>,
+    ) -> Result<Option<(Tensor, Vec<u32>)>> {
+        let (Some(vision), Ok(vars)) = (vision, self.head.data().lock()) else {
+            return Ok(None);
+        };
+        let (Some(w), Some(b)) = (vars.get("stem_head.weight"), vars.get("stem_head.bias")) else {
+            return Ok(None);
+        };
+        let per_token = self.pre.merge_size.max(1).pow(2);
+        let act = vision.gelu_erf()?;
+        let (mut pooled, mut targets, mut off) = (Vec::new(), Vec::new(), 0u32);
+        for ex in batch {
+            let mut starts = Vec::with_capacity(ex.images.len());
+            for img in &ex.images {
+                starts.push(off);
+                off += (img.grid_h * img.grid_w / per_token) as u32;
+            }
+            for o in &ex.objects {
+                let Some(&start) = starts.get(o.image) else {
+                    continue;
+                };
+                let rows: Vec<u32> = o.tokens.iter().map(|&t| start + t).collect();
+                let n = rows.len();
+                let t = act.index_select(&Tensor::from_vec(rows, n, &Device::Cpu)?, 0)?;
+                pooled.push(Tensor::cat(&[t.mean(0)?, t.max(0)?], 0)?);
+                targets.push(o.shape);
+            }
+        }
+        if pooled.is_empty() {
+            return Ok(None);
+        }
+        let logits = Tensor::stack(&pooled, 0)?
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        Ok(Some((logits, targets)))
+    }
+
+    /// How often the object-shape head names an object's shape (`None` when it is off).
+    pub fn stem_head_accuracy(&self, batch: &[Example]) -> Result<Option<f64>> {
+        let mut trace = Trace::default();
+        self.logits(batch, Some(&mut trace))?;
+        let Some((logits, targets)) = self.stem_head_logits(batch, trace.vision_embeds.as_ref())?
+        else {
+            return Ok(None);
+        };
+        let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+        let right = pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
+        Ok(Some(right as f64 / targets.len().max(1) as f64))
     }
 
     /// How often the image tokens' auxiliary targets are the arg-max over the target words
     /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy.
     pub fn aux_accuracy(&self, batch: &[Example]) -> Result<(f64, f64)> {
-        let logits = self.logits(batch)?;
+        let logits = self.logits(batch, None)?;
         let ids = |names: &[&str]| -> Vec<u32> {
             names
                 .iter()
@@ -460,8 +562,13 @@ impl Trainer {
     }
 
     /// Loss share and gradients (in optimizer order) of one part of a batch.
-    fn part_grads(&self, part: &[Example], total: usize) -> Result<(f32, Vec<Option<Tensor>>)> {
-        let loss = self.loss_share(part, total)?;
+    fn part_grads(
+        &self,
+        part: &[Example],
+        total: usize,
+        objects: usize,
+    ) -> Result<(f32, Vec<Option<Tensor>>)> {
+        let loss = self.loss_share(part, total, objects)?;
         let grads = loss.backward()?;
         let g = self
             .opt
@@ -476,14 +583,15 @@ impl Trainer {
     /// the batch balanced by token count, summed in a fixed order.
     fn loss_and_grads(&self, batch: &[Example]) -> Result<(f32, Vec<Option<Tensor>>)> {
         let total: usize = batch.iter().map(|e| e.targets.len()).sum();
+        let objects: usize = batch.iter().map(|e| e.objects.len()).sum();
         let parts = split_balanced(batch, self.config.workers);
         if parts.len() <= 1 {
-            return self.part_grads(batch, total);
+            return self.part_grads(batch, total, objects);
         }
         let results: Vec<Result<(f32, Vec<Option<Tensor>>)>> = std::thread::scope(|sc| {
             let handles: Vec<_> = parts
                 .iter()
-                .map(|p| sc.spawn(move || self.part_grads(p, total)))
+                .map(|p| sc.spawn(move || self.part_grads(p, total, objects)))
                 .collect();
             handles
                 .into_iter()
@@ -580,6 +688,11 @@ impl Trainer {
         let tmp = out.join(".model.safetensors.tmp");
         self.varmap.save(&tmp)?;
         std::fs::rename(&tmp, out.join("model.safetensors")).map_err(io(out))?;
+        if !self.head.all_vars().is_empty() {
+            let tmp = out.join(format!(".{STEM_HEAD_FILE}.tmp"));
+            self.head.save(&tmp)?;
+            std::fs::rename(&tmp, out.join(STEM_HEAD_FILE)).map_err(io(out))?;
+        }
         let tmp = out.join(".optimizer.safetensors.tmp");
         self.opt.save(&tmp)?;
         std::fs::rename(&tmp, out.join("optimizer.safetensors")).map_err(io(out))?;

@@ -16,6 +16,9 @@ fn config(steps: usize) -> TrainConfig {
         warmup: 2,
         save_every: 1000,
         seed: 7,
+        // The training-only object-shape head takes part, so resuming and data parallelism
+        // are checked with it too.
+        stem_aux_weight: 1.0,
         ..TrainConfig::default()
     }
 }
@@ -29,7 +32,12 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn loss_falls_and_checkpoint_runs() {
     let out = tmp("smoke");
-    let mut t = Trainer::new(config(30), &out, false).unwrap();
+    // The answers' loss alone (the object-shape head's loss falls more slowly).
+    let cfg = TrainConfig {
+        stem_aux_weight: 0.0,
+        ..config(30)
+    };
+    let mut t = Trainer::new(cfg, &out, false).unwrap();
     let mut losses = Vec::new();
     t.run(None, &mut |s| losses.push(s.loss)).unwrap();
     assert_eq!(losses.len(), 30);
@@ -97,6 +105,10 @@ fn resume_continues_exactly() {
     let wa =
         candle_core::safetensors::load(full.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
+    // The object-shape head is kept beside the model, never in it; resuming reloads it (the
+    // weights below would differ otherwise).
+    assert!(full.join("stem_head.safetensors").is_file());
+    assert!(wa.keys().all(|k| !k.contains("stem_head")));
     let wb =
         candle_core::safetensors::load(split.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
