@@ -47,12 +47,12 @@ pub struct TrainArgs {
     /// Weight of the auxiliary image-token targets: each image token an object covers learns
     /// to predict that object's colour and shape words (a dense signal that teaches the model
     /// to see; only answer tokens count at inference). 0 turns it off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.25)]
     pub aux_weight: f64,
     /// Weight of the training-only object-shape head: from the patch embedding's output,
     /// pooled over the image tokens each object covers, it names the object's shape, which
     /// teaches the visual stem shapes directly. Not saved with the model. 0 turns it off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 1.0)]
     pub stem_aux_weight: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
