@@ -16,8 +16,8 @@ fn main() {
             1_000_000 + b,
         )
         .expect("data");
-        let (ci, si) = t.aux_accuracy(&batch).expect("forward");
-        if let Some(a) = t.stem_head_accuracy(&batch).expect("forward") {
+        let (ci, si, head) = t.aux_accuracy(&batch).expect("forward");
+        if let Some(a) = head {
             h = Some(h.unwrap_or(0.0) + a / batches as f64);
         }
         c += ci;

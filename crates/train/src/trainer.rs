@@ -446,20 +446,14 @@ impl Trainer {
             weights.extend(std::iter::repeat_n(1f32, ex.targets.len()));
             weights.extend(std::iter::repeat_n(aux_w, aux.len()));
         }
-        let n = targets.len();
-        let logits = Tensor::cat(&rows, 0)?;
-        let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu)?;
+        let n = weights.len();
+        let picked = target_log_probs(&Tensor::cat(&rows, 0)?, targets)?;
         let weights = Tensor::from_vec(weights, n, &Device::Cpu)?;
-        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-        let picked = logp.gather(&targets, 1)?.squeeze(1)?;
         // Weighted negative log-likelihood over the batch's `total` answer tokens.
         let loss = ((picked * weights)?.sum_all()? * (-1.0 / total.max(1) as f64))?;
         match self.stem_head_logits(batch, trace.vision_embeds.as_ref())? {
             Some((logits, targets)) => {
-                let n = targets.len();
-                let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu)?;
-                let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
-                let nll = logp.gather(&targets, 1)?.sum_all()?;
+                let nll = target_log_probs(&logits, targets)?.sum_all()?;
                 let w = self.config.stem_aux_weight / objects.max(1) as f64;
                 Ok((loss - (nll * w)?)?)
             }
@@ -475,10 +469,19 @@ impl Trainer {
         batch: &[Example],
         vision: Option<&Tensor>,
     ) -> Result<Option<(Tensor, Vec<u32>)>> {
-        let (Some(vision), Ok(vars)) = (vision, self.head.data().lock()) else {
+        let Some(vision) = vision else {
             return Ok(None);
         };
-        let (Some(w), Some(b)) = (vars.get("stem_head.weight"), vars.get("stem_head.bias")) else {
+        // Clone the variables out (cheap handles) so that concurrent workers do not wait on
+        // the map's lock while they pool.
+        let (w, b) = match self.head.data().lock() {
+            Ok(vars) => (
+                vars.get("stem_head.weight").cloned(),
+                vars.get("stem_head.bias").cloned(),
+            ),
+            Err(_) => return Err(TrainError::Other("variable map lock poisoned".into())),
+        };
+        let (Some(w), Some(b)) = (w, b) else {
             return Ok(None);
         };
         let per_token = self.pre.merge_size.max(1).pow(2);
@@ -510,23 +513,20 @@ impl Trainer {
         Ok(Some((logits, targets)))
     }
 
-    /// How often the object-shape head names an object's shape (`None` when it is off).
-    pub fn stem_head_accuracy(&self, batch: &[Example]) -> Result<Option<f64>> {
-        let mut trace = Trace::default();
-        self.logits(batch, Some(&mut trace))?;
-        let Some((logits, targets)) = self.stem_head_logits(batch, trace.vision_embeds.as_ref())?
-        else {
-            return Ok(None);
-        };
-        let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
-        let right = pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
-        Ok(Some(right as f64 / targets.len().max(1) as f64))
-    }
-
     /// How often the image tokens' auxiliary targets are the arg-max over the target words
-    /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy.
-    pub fn aux_accuracy(&self, batch: &[Example]) -> Result<(f64, f64)> {
-        let logits = self.logits(batch, None)?;
+    /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy;
+    /// and how often the object-shape head names an object's shape (`None` when it is off).
+    pub fn aux_accuracy(&self, batch: &[Example]) -> Result<(f64, f64, Option<f64>)> {
+        let mut trace = Trace::default();
+        let logits = self.logits(batch, Some(&mut trace))?;
+        let head = match self.stem_head_logits(batch, trace.vision_embeds.as_ref())? {
+            Some((logits, targets)) => {
+                let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+                let right = pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
+                Some(right as f64 / targets.len().max(1) as f64)
+            }
+            None => None,
+        };
         let ids = |names: &[&str]| -> Vec<u32> {
             names
                 .iter()
@@ -558,6 +558,7 @@ impl Trainer {
         Ok((
             ok[0] as f64 / n[0].max(1) as f64,
             ok[1] as f64 / n[1].max(1) as f64,
+            head,
         ))
     }
 
@@ -685,17 +686,16 @@ impl Trainer {
                 .unwrap_or_default()
                 .as_bytes(),
         )?;
-        let tmp = out.join(".model.safetensors.tmp");
-        self.varmap.save(&tmp)?;
-        std::fs::rename(&tmp, out.join("model.safetensors")).map_err(io(out))?;
+        let save = |name: &str, f: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+            let tmp = out.join(format!(".{name}.tmp"));
+            f(&tmp)?;
+            std::fs::rename(&tmp, out.join(name)).map_err(io(out))
+        };
+        save("model.safetensors", &|p| Ok(self.varmap.save(p)?))?;
         if !self.head.all_vars().is_empty() {
-            let tmp = out.join(format!(".{STEM_HEAD_FILE}.tmp"));
-            self.head.save(&tmp)?;
-            std::fs::rename(&tmp, out.join(STEM_HEAD_FILE)).map_err(io(out))?;
+            save(STEM_HEAD_FILE, &|p| Ok(self.head.save(p)?))?;
         }
-        let tmp = out.join(".optimizer.safetensors.tmp");
-        self.opt.save(&tmp)?;
-        std::fs::rename(&tmp, out.join("optimizer.safetensors")).map_err(io(out))?;
+        save("optimizer.safetensors", &|p| self.opt.save(p))?;
         let st = TrainerState {
             step: self.step,
             config: self.config.clone(),
@@ -751,6 +751,14 @@ impl Trainer {
         let _ = producer.join();
         Ok(())
     }
+}
+
+/// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
+fn target_log_probs(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
+    let n = targets.len();
+    let targets = Tensor::from_vec(targets, (n, 1), logits.device())?;
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    Ok(logp.gather(&targets, 1)?.squeeze(1)?)
 }
 
 /// Splits `batch` into at most `n` contiguous, non-empty parts of about equal token counts.
