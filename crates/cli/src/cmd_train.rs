@@ -54,6 +54,22 @@ pub struct TrainArgs {
     /// teaches the visual stem shapes directly. Not saved with the model. 0 turns it off.
     #[arg(long, default_value_t = 1.0)]
     pub stem_aux_weight: f64,
+    /// Weight of one question kind's answer tokens, as KIND=W (repeatable; kinds: color,
+    /// shape, count_shape, count_all, exists, left_of, describe, count_pair, position; others
+    /// weigh 1). The loss
+    /// stays a weighted mean, so this moves the gradient's share between kinds.
+    #[arg(long = "kind-weight", value_name = "KIND=W", value_parser = parse_kind_weight)]
+    pub kind_weights: Vec<(String, f64)>,
+    /// Training-only questions per conversation that count objects of one colour and shape
+    /// ("How many red circles are there?"): a graded form of `exists` that teaches the model
+    /// to bind colours to shapes. 0 turns them off.
+    #[arg(long, default_value_t = 0)]
+    pub pair_counts: usize,
+    /// Training-only questions per conversation that ask where one object is ("Where is the
+    /// red circle?", answered with the fifth of the width, 0 to 4): they teach the positions
+    /// that `left_of` compares. 0 turns them off.
+    #[arg(long, default_value_t = 0)]
+    pub pair_positions: usize,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -65,6 +81,32 @@ pub struct TrainArgs {
     pub log_every: Option<usize>,
     #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+/// Parses `--kind-weight KIND=W`.
+fn parse_kind_weight(s: &str) -> std::result::Result<(String, f64), String> {
+    let (kind, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KIND=W, e.g. exists=4"))?;
+    let known = pixlm_train::shapes::Kind::ALL.map(|k| k.name());
+    let extra = [
+        "describe",
+        pixlm_train::shapes::COUNT_PAIR_KIND,
+        pixlm_train::shapes::POSITION_KIND,
+    ];
+    if !extra.contains(&kind) && !known.contains(&kind) {
+        return Err(format!(
+            "unknown question kind {kind:?} (one of {}, describe, count_pair, position)",
+            known.join(", ")
+        ));
+    }
+    let w: f64 = w
+        .parse()
+        .map_err(|_| format!("{w:?} is not a number (in {s:?})"))?;
+    if !(w >= 0.0 && w.is_finite()) {
+        return Err(format!("the weight in {s:?} must be a non-negative number"));
+    }
+    Ok((kind.to_string(), w))
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
@@ -103,6 +145,9 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         workers,
         aux_weight: a.aux_weight,
         stem_aux_weight: a.stem_aux_weight,
+        kind_weights: a.kind_weights.iter().cloned().collect(),
+        pair_counts: a.pair_counts,
+        pair_positions: a.pair_positions,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;

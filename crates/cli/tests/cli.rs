@@ -276,6 +276,10 @@ fn bad_training_flags_are_refused() {
         ("--per-image", "0", "per-image"),
         ("--threads", "0", "threads"),
         ("--preset", "huge", "preset"),
+        ("--kind-weight", "exists", "KIND=W"),
+        ("--kind-weight", "colour=2", "colour"),
+        ("--kind-weight", "exists=-1", "non-negative"),
+        ("--kind-weight", "exists=x", "not a number"),
     ] {
         let arg = format!("{flag}={value}");
         assert_clear_error(&pixlm(&["train", "--out", out, &arg]), needle);

@@ -26,6 +26,9 @@ pub struct Example {
     /// (position, target id): the logits at `position` should predict `target`. Only the
     /// assistant's answer and its `<|im_end|>` are supervised.
     pub targets: Vec<(usize, u32)>,
+    /// The question kind of each of `targets` (the turn it answers): `color`, ...,
+    /// `left_of`, or `describe`; training may weigh answer tokens by kind.
+    pub target_kinds: Vec<String>,
     /// Auxiliary targets on image tokens, (position, word id): the colour and the shape word
     /// of the object covering that token (see [`token_objects`]). Training weighs them by
     /// `TrainConfig::aux_weight`; empty unless the scene is known.
@@ -93,6 +96,11 @@ pub fn build_example(
 /// turn, or (one conversation in [`DESCRIBE_ONLY`]) as its only turn, so that the model also
 /// answers it first. It comes last otherwise so that no task question is answered with a
 /// description of the image already in context, which the evaluation never has.
+///
+/// `pair_counts` training-only [`shapes::count_pair_for`] questions and `positions`
+/// [`shapes::position_for`] ones (where the scene allows) join each conversation's task
+/// questions, in random places among them.
+#[allow(clippy::too_many_arguments)]
 pub fn draw_batch(
     rng: &mut ShapesRng,
     balancer: &mut QuestionBalancer,
@@ -101,6 +109,8 @@ pub fn draw_batch(
     n: usize,
     per_image: usize,
     describe: bool,
+    pair_counts: usize,
+    positions: usize,
 ) -> Result<Vec<Example>, DataError> {
     use rand::Rng;
     let mut out = Vec::with_capacity(n);
@@ -108,6 +118,18 @@ pub fn draw_batch(
         let only = describe && rng.random_bool(DESCRIBE_ONLY);
         let asked = if only { 0 } else { per_image };
         let (scene, img, mut qs) = shapes::sample_balanced_example_with_scene(rng, balancer, asked);
+        if !only {
+            for _ in 0..pair_counts {
+                let at = rng.random_range(0..=qs.len());
+                qs.insert(at, shapes::count_pair_for(&scene, rng));
+            }
+            for _ in 0..positions {
+                if let Some(q) = shapes::position_for(&scene, rng) {
+                    let at = rng.random_range(0..=qs.len());
+                    qs.insert(at, q);
+                }
+            }
+        }
         if describe {
             qs.push((
                 shapes::DESCRIBE_QUESTION.to_string(),
@@ -240,7 +262,8 @@ pub fn build_conversation(
     };
     let mut ids = Vec::new();
     let mut targets = Vec::new();
-    for (i, (q, a, _)) in qa.iter().enumerate() {
+    let mut target_kinds = Vec::new();
+    for (i, (q, a, kind)) in qa.iter().enumerate() {
         let prompt = if i == 0 {
             let parts = neo_prompt(&[question_message("image", q)])?;
             expand_images(&parts.text, &[patches.num_tokens()])
@@ -251,6 +274,7 @@ pub fn build_conversation(
         let answer = enc(&format!("{a}<|im_end|>"))?;
         let start = ids.len();
         targets.extend((0..answer.len()).map(|k| (start + k - 1, answer[k])));
+        target_kinds.extend(std::iter::repeat_n(kind.clone(), answer.len()));
         ids.extend(answer);
     }
     Ok(Example {
@@ -261,6 +285,7 @@ pub fn build_conversation(
             grid_w: patches.grid_w,
         }],
         targets,
+        target_kinds,
         aux: Vec::new(),
         objects: Vec::new(),
         kind: qa.first().map(|q| q.2.clone()).unwrap_or_default(),
@@ -384,5 +409,42 @@ mod tests {
         for &(p, t) in &ex.targets {
             assert_eq!(ex.ids[p + 1], t);
         }
+        // Each target carries the kind of the turn it answers.
+        assert_eq!(
+            ex.target_kinds,
+            ["color", "color", "count_all", "count_all"]
+        );
+    }
+
+    #[test]
+    fn pair_counts_join_the_task_turns_before_the_description() {
+        let tok = build_tokenizer();
+        let pre = PreprocessConfig {
+            min_pixels: 16384,
+            max_pixels: 16384,
+            ..Default::default()
+        };
+        let mut rng = shapes::rng_from_seed(5);
+        let mut bal = QuestionBalancer::new();
+        let batch = draw_batch(&mut rng, &mut bal, &tok, &pre, 40, 2, true, 1, 0).unwrap();
+        let mut with_pairs = 0;
+        for ex in &batch {
+            assert_eq!(ex.targets.len(), ex.target_kinds.len());
+            let mut turns: Vec<&str> = ex.target_kinds.iter().map(String::as_str).collect();
+            turns.dedup();
+            // Describe-only conversations ask nothing else; the others end with it.
+            assert_eq!(turns.last(), Some(&"describe"));
+            let pairs = turns
+                .iter()
+                .filter(|k| **k == shapes::COUNT_PAIR_KIND)
+                .count();
+            if turns.len() > 1 {
+                assert_eq!(pairs, 1, "{turns:?}");
+                with_pairs += 1;
+            } else {
+                assert_eq!(pairs, 0);
+            }
+        }
+        assert!(with_pairs > 20, "{with_pairs}");
     }
 }

@@ -34,9 +34,10 @@ pub use eval_set::{
     read_eval_set, write_eval_set, ShapesError, IMAGES_DIR, QUESTIONS_FILE, SCENES_FILE,
 };
 pub use questions::{
-    all_answers, all_question_texts, all_questions, color_question, count_shape_question,
-    exists_question, left_of_pairs, left_of_question, questions_for, shape_question, Candidate,
-    Question, QuestionBalancer, COUNT_ALL_QUESTION,
+    all_answers, all_question_texts, all_questions, color_question, count_pair_for,
+    count_pair_question, count_shape_question, exists_question, left_of_pairs, left_of_question,
+    position_for, position_question, questions_for, shape_question, Candidate, Question,
+    QuestionBalancer, COUNT_ALL_QUESTION, COUNT_PAIR_KIND, POSITION_KIND,
 };
 pub use render::{apply_format, encode_image, object_coverage, render};
 

@@ -17,6 +17,7 @@ use pixlm_media::PreprocessConfig;
 use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,32 @@ pub struct TrainConfig {
     /// it off.
     #[serde(default)]
     pub stem_aux_weight: f64,
+    /// Weight of the answer tokens of each question kind (`exists`, `left_of`, ...,
+    /// `describe`) relative to the default 1. The batch loss is the weighted mean over
+    /// answer tokens, so a weight shifts the gradient's share between kinds without changing
+    /// its scale.
+    #[serde(default)]
+    pub kind_weights: BTreeMap<String, f64>,
+    /// Training-only `How many {color} {shape}s are there?` questions per conversation (see
+    /// `shapes::count_pair_for`); 0 turns them off.
+    #[serde(default)]
+    pub pair_counts: usize,
+    /// Training-only `Where is the {color} {shape}?` questions per conversation (see
+    /// `shapes::position_for`); 0 turns them off.
+    #[serde(default)]
+    pub pair_positions: usize,
+}
+
+impl TrainConfig {
+    /// The weight of an answer token of question kind `kind` (1 unless `kind_weights` says).
+    pub fn kind_weight(&self, kind: &str) -> f64 {
+        self.kind_weights.get(kind).copied().unwrap_or(1.0)
+    }
+
+    /// The summed weight of `ex`'s answer tokens.
+    fn answer_weight(&self, ex: &Example) -> f64 {
+        ex.target_kinds.iter().map(|k| self.kind_weight(k)).sum()
+    }
 }
 
 /// Classes of the object-shape head: circle, square, triangle.
@@ -105,6 +132,9 @@ impl Default for TrainConfig {
             workers: 1,
             aux_weight: 0.0,
             stem_aux_weight: 0.0,
+            kind_weights: BTreeMap::new(),
+            pair_counts: 0,
+            pair_positions: 0,
         }
     }
 }
@@ -404,6 +434,8 @@ impl Trainer {
             config.batch,
             config.per_image,
             config.describe,
+            config.pair_counts,
+            config.pair_positions,
         )?)
     }
 
@@ -425,10 +457,11 @@ impl Trainer {
         Ok(logits)
     }
 
-    /// The cross-entropy summed over the supervised tokens of `part`, divided by `total`: the
-    /// part's share of the mean over a batch with `total` supervised tokens; plus, with the
+    /// The cross-entropy summed over the supervised tokens of `part`, each weighed by its
+    /// kind's weight, divided by `total`: the part's share of the weighted mean over a batch
+    /// whose answer tokens weigh `total` in all; plus, with the
     /// object-shape head, its share of that head's mean loss over the batch's `objects`.
-    fn loss_share(&self, batch: &[Example], total: usize, objects: usize) -> Result<Tensor> {
+    fn loss_share(&self, batch: &[Example], total: f64, objects: usize) -> Result<Tensor> {
         let mut trace = Trace::default();
         let logits = self.logits(batch, Some(&mut trace))?;
         let mut rows = Vec::new();
@@ -443,14 +476,20 @@ impl Trainer {
             let k = pos.len();
             rows.push(l.index_select(&Tensor::from_vec(pos, k, &Device::Cpu)?, 0)?);
             targets.extend(all.map(|&(_, t)| t));
-            weights.extend(std::iter::repeat_n(1f32, ex.targets.len()));
+            weights.extend(
+                ex.target_kinds
+                    .iter()
+                    .map(|k| self.config.kind_weight(k) as f32),
+            );
             weights.extend(std::iter::repeat_n(aux_w, aux.len()));
         }
         let n = weights.len();
         let picked = target_log_probs(&Tensor::cat(&rows, 0)?, targets)?;
         let weights = Tensor::from_vec(weights, n, &Device::Cpu)?;
-        // Weighted negative log-likelihood over the batch's `total` answer tokens.
-        let loss = ((picked * weights)?.sum_all()? * (-1.0 / total.max(1) as f64))?;
+        // Weighted negative log-likelihood over the batch's answer tokens, `total` their summed
+        // weight (1 when every answer weighs nothing, so the auxiliary terms stay finite).
+        let denom = if total > 0.0 { total } else { 1.0 };
+        let loss = ((picked * weights)?.sum_all()? * (-1.0 / denom))?;
         match self.stem_head_logits(batch, trace.vision_embeds.as_ref())? {
             Some((logits, targets)) => {
                 let nll = target_log_probs(&logits, targets)?.sum_all()?;
@@ -566,7 +605,7 @@ impl Trainer {
     fn part_grads(
         &self,
         part: &[Example],
-        total: usize,
+        total: f64,
         objects: usize,
     ) -> Result<(f32, Vec<Option<Tensor>>)> {
         let loss = self.loss_share(part, total, objects)?;
@@ -583,7 +622,7 @@ impl Trainer {
     /// The batch's mean loss and gradients, computed by `config.workers` threads on parts of
     /// the batch balanced by token count, summed in a fixed order.
     fn loss_and_grads(&self, batch: &[Example]) -> Result<(f32, Vec<Option<Tensor>>)> {
-        let total: usize = batch.iter().map(|e| e.targets.len()).sum();
+        let total: f64 = batch.iter().map(|e| self.config.answer_weight(e)).sum();
         let objects: usize = batch.iter().map(|e| e.objects.len()).sum();
         let parts = split_balanced(batch, self.config.workers);
         if parts.len() <= 1 {

@@ -19,6 +19,10 @@ fn config(steps: usize) -> TrainConfig {
         // The training-only object-shape head takes part, so resuming and data parallelism
         // are checked with it too.
         stem_aux_weight: 1.0,
+        // So are the training-only binding questions and per-kind answer weights.
+        pair_counts: 1,
+        pair_positions: 1,
+        kind_weights: [("exists".to_string(), 3.0), ("count_pair".to_string(), 2.0)].into(),
         ..TrainConfig::default()
     }
 }

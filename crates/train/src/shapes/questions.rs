@@ -76,6 +76,79 @@ pub fn count_shape_question(shape: Shape) -> String {
     format!("How many {} are there?", shape.plural())
 }
 
+/// `How many {color} {shape}s are there?`: a training-only question (not one of the spec's
+/// kinds) whose answer counts objects of one colour *and* shape. It grades what `exists`
+/// only answers yes or no, so the model learns to bind colour to shape from a count it
+/// already knows how to make (`count_shape`).
+pub fn count_pair_question(color: ColorName, shape: Shape) -> String {
+    format!("How many {} {} are there?", color.name(), shape.plural())
+}
+
+/// Kind name of [`count_pair_question`] (training only).
+pub const COUNT_PAIR_KIND: &str = "count_pair";
+
+/// A [`count_pair_question`] for `scene` as `(question, answer, kind)`: half the time about
+/// a colour and shape some object has, otherwise a near miss (an existing colour with
+/// another shape, or an existing shape with another colour; answer `0`).
+pub fn count_pair_for<R: Rng + ?Sized>(scene: &Scene, rng: &mut R) -> (String, String, String) {
+    let pick = |rng: &mut R| &scene.objects[rng.random_range(0..scene.objects.len())];
+    let (color, shape) = if scene.objects.is_empty() {
+        (ColorName::ALL[0], Shape::ALL[0])
+    } else if rng.random_bool(0.5) {
+        let o = pick(rng);
+        (o.color, o.shape)
+    } else {
+        let o = pick(rng);
+        if rng.random_bool(0.5) {
+            (o.color, Shape::ALL[rng.random_range(0..Shape::ALL.len())])
+        } else {
+            (
+                ColorName::ALL[rng.random_range(0..ColorName::ALL.len())],
+                o.shape,
+            )
+        }
+    };
+    (
+        count_pair_question(color, shape),
+        scene.count(color, shape).to_string(),
+        COUNT_PAIR_KIND.to_string(),
+    )
+}
+
+/// `Where is the {color} {shape}?`: a training-only question answered with the fifth of the
+/// image's width that holds the object's centre, `0` (left) to `4` (right). It hands the
+/// model each object's horizontal position, retrieved by colour and shape, which is what
+/// `left_of` compares.
+pub fn position_question(color: ColorName, shape: Shape) -> String {
+    format!("Where is the {} {}?", color.name(), shape.name())
+}
+
+/// Kind name of [`position_question`] (training only).
+pub const POSITION_KIND: &str = "position";
+
+/// A [`position_question`] about a random object of `scene` that is the only one of its
+/// colour and shape, as `(question, answer, kind)`; `None` when there is no such object.
+pub fn position_for<R: Rng + ?Sized>(
+    scene: &Scene,
+    rng: &mut R,
+) -> Option<(String, String, String)> {
+    let unique: Vec<&super::Object> = scene
+        .objects
+        .iter()
+        .filter(|o| scene.count(o.color, o.shape) == 1)
+        .collect();
+    if unique.is_empty() {
+        return None;
+    }
+    let o = unique[rng.random_range(0..unique.len())];
+    let fifth = ((o.center[0] / scene.width.max(1) as f32) * 5.0).floor();
+    Some((
+        position_question(o.color, o.shape),
+        (fifth.clamp(0.0, 4.0) as u32).to_string(),
+        POSITION_KIND.to_string(),
+    ))
+}
+
 /// `How many objects are there?`
 pub const COUNT_ALL_QUESTION: &str = "How many objects are there?";
 

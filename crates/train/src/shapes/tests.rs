@@ -577,3 +577,35 @@ fn describe_lists_every_object_left_to_right() {
         );
     }
 }
+
+#[test]
+fn count_pair_questions_count_colour_and_shape_together() {
+    let mut rng = rng_from_seed(11);
+    let (mut zero, mut n) = (0, 0);
+    for scene in scenes(12, 400) {
+        let (q, a, kind) = count_pair_for(&scene, &mut rng);
+        assert_eq!(kind, COUNT_PAIR_KIND);
+        let rest = q
+            .strip_prefix("How many ")
+            .and_then(|r| r.strip_suffix(" are there?"))
+            .unwrap_or_else(|| panic!("{q}"));
+        let (c, plural) = rest.split_once(' ').unwrap();
+        let s = plural.strip_suffix('s').unwrap();
+        assert!(COLOR_WORDS.contains(&c) && SHAPE_WORDS.contains(&s), "{q}");
+        let want = scene
+            .objects
+            .iter()
+            .filter(|o| obj_words(o) == (c, s))
+            .count();
+        assert_eq!(a, want.to_string(), "{q} {scene:?}");
+        // Never a pair sharing neither colour nor shape with some object.
+        assert!(scene
+            .objects
+            .iter()
+            .any(|o| o.color.name() == c || o.shape.name() == s));
+        zero += usize::from(want == 0);
+        n += 1;
+    }
+    // About a quarter are near misses (half of the half that may miss), answered 0.
+    assert!((60..=160).contains(&zero), "{zero} of {n}");
+}
