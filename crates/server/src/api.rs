@@ -118,7 +118,12 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (`n`), each sampled on its own.
+    pub n: usize,
 }
+
+/// The most choices (`n`) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
 
 impl ChatRequest {
     /// Greedy, or seeded: the same request gives the same answer.
@@ -224,16 +229,16 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         Some((_, x)) => Some(usize::try_from(x).unwrap_or(usize::MAX)),
     };
-    if let Some(n) = opt_int(obj, "n")? {
-        if n != 1 {
+    let n = match opt_int(obj, "n")? {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as i64).contains(&n) => n as usize,
+        Some(n) => {
             return Err(ApiError::bad(
                 "n",
-                format!(
-                    "'n' = {n} is not supported: this server returns exactly one choice (n = 1)"
-                ),
-            ));
+                format!("'n' must be between 1 and {MAX_CHOICES}, got {n}"),
+            ))
         }
-    }
+    };
     let mut sampling = SamplingParams {
         // OpenAI's default temperature is 1.
         temperature: 1.0,
@@ -336,6 +341,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         stop,
         stream,
         include_usage,
+        n,
     })
 }
 
@@ -521,14 +527,19 @@ mod tests {
     }
 
     #[test]
-    fn refuses_remote_images_and_n() {
+    fn refuses_remote_images_and_bad_n() {
         let e = parse_chat_request(
             br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#,
         )
         .unwrap_err();
         assert_eq!(e.code, Some("remote_image_refused"));
-        let e = parse_chat_request(br#"{"messages":[{"role":"user","content":"a"}],"n":2}"#)
-            .unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("n"));
+        for n in ["0", "17", "-1"] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"a"}}],"n":{n}}}"#);
+            let e = parse_chat_request(body.as_bytes()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("n"), "{n}");
+        }
+        let r =
+            parse_chat_request(br#"{"messages":[{"role":"user","content":"a"}],"n":3}"#).unwrap();
+        assert_eq!(r.n, 3);
     }
 }

@@ -463,31 +463,48 @@ struct Ids {
 }
 
 impl Ids {
-    fn completion(&self, a: &CachedAnswer, cached: usize) -> Value {
+    /// The whole response for `answers`, one choice each (index in order). The prompt is
+    /// counted once; completion tokens are summed over the choices.
+    fn completion(&self, answers: &[CachedAnswer], cached: usize) -> Value {
+        let choices: Vec<Value> = answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": a.text},
+                    "logprobs": null,
+                    "finish_reason": a.finish_reason,
+                })
+            })
+            .collect();
+        let prompt = answers.first().map_or(0, |a| a.prompt_tokens);
+        let completion = answers.iter().map(|a| a.completion_tokens).sum();
         json!({
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": a.text},
-                "logprobs": null,
-                "finish_reason": a.finish_reason,
-            }],
-            "usage": usage_json(a.prompt_tokens, a.completion_tokens, cached),
+            "choices": choices,
+            "usage": usage_json(prompt, completion, cached),
         })
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, include_usage: bool) -> String {
+    fn chunk(
+        &self,
+        index: usize,
+        delta: Value,
+        finish: Option<&str>,
+        include_usage: bool,
+    ) -> String {
         let mut v = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
         if include_usage {
             v["usage"] = Value::Null;
@@ -508,9 +525,16 @@ impl Ids {
         format!("data: {v}\n\n")
     }
 
-    /// The closing chunks: finish reason, usage when asked, `[DONE]`.
+    /// The closing chunks of a one-choice stream: finish reason, usage when asked, `[DONE]`.
     fn closing(&self, finish: &str, usage: Option<Value>, include_usage: bool) -> Vec<String> {
-        let mut out = vec![self.chunk(json!({}), Some(finish), include_usage)];
+        let mut out = vec![self.chunk(0, json!({}), Some(finish), include_usage)];
+        out.extend(self.ending(usage, include_usage));
+        out
+    }
+
+    /// The last chunks of a stream, after every choice's finish: usage when asked, `[DONE]`.
+    fn ending(&self, usage: Option<Value>, include_usage: bool) -> Vec<String> {
+        let mut out = Vec::new();
         if let Some(u) = usage.filter(|_| include_usage) {
             out.push(self.usage_chunk(u));
         }
@@ -534,7 +558,8 @@ fn sse_response(body: Body, cache_hit: bool) -> Response {
 }
 
 fn cache_key(st: &AppState, req: &ChatRequest) -> Option<u128> {
-    if st.cache.is_none() || !req.is_deterministic() {
+    // One stored answer per key: requests for several choices are not cached.
+    if st.cache.is_none() || !req.is_deterministic() || req.n != 1 {
         return None;
     }
     let canonical = json!({
@@ -630,12 +655,13 @@ async fn chat_inner(
         st.metrics.cache_hits.fetch_add(1, Relaxed);
         if req.stream {
             let mut parts = vec![ids.chunk(
+                0,
                 json!({"role": "assistant", "content": ""}),
                 None,
                 req.include_usage,
             )];
             if !hit.text.is_empty() {
-                parts.push(ids.chunk(json!({"content": hit.text}), None, req.include_usage));
+                parts.push(ids.chunk(0, json!({"content": hit.text}), None, req.include_usage));
             }
             parts.extend(ids.closing(
                 hit.finish_reason,
@@ -649,14 +675,16 @@ async fn chat_inner(
             let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, Infallible>));
             return Ok(sse_response(Body::from_stream(stream), true));
         }
-        let mut r = axum::Json(ids.completion(&hit, hit.prompt_tokens)).into_response();
+        let cached = hit.prompt_tokens;
+        let mut r = axum::Json(ids.completion(&[hit], cached)).into_response();
         r.headers_mut()
             .insert("x-pixlm-cache", HeaderValue::from_static("hit"));
         return Ok(r);
     }
 
-    // Refuse early when the queue is full, before spending time on the prompt.
-    if st.queue.depth().0 >= st.cfg.queue_size {
+    // Refuse early when the queue cannot take the request's choices, before spending time on
+    // the prompt.
+    if st.queue.depth().0 + req.n > st.cfg.queue_size {
         return Err(busy(st));
     }
     let engine = st.engine.clone();
@@ -698,35 +726,66 @@ async fn chat_inner(
         )
         .with_code("context_length_exceeded"));
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let job = Job {
-        prepared,
-        sampling: req.sampling.clone(),
-        max_new_tokens: max_new,
-        stop_strings: req.stop.clone(),
-        tx,
-        arrived,
-    };
-    match st.queue.push(job) {
-        Ok(()) => {}
-        Err(Refused::Full(_)) => return Err(busy(st)),
-        Err(Refused::Closed(_)) => {
-            return Err(ApiError::unavailable(
-                "the server is shutting down and accepts no new requests",
-            ))
+    // One job per choice; their events are merged, tagged with the choice's index. A seeded
+    // request gives choice i the seed + i, so that choices differ and the request stays
+    // reproducible. Dropping the merged receiver (client gone) ends the forwarders, which
+    // drops each job's receiver and cancels it in the scheduler.
+    let (mtx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Event)>();
+    for i in 0..req.n {
+        let (tx, mut jrx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sampling = req.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+        let job = Job {
+            prepared: prepared.clone(),
+            sampling,
+            max_new_tokens: max_new,
+            stop_strings: req.stop.clone(),
+            tx,
+            arrived,
+        };
+        match st.queue.push(job) {
+            Ok(()) => {}
+            Err(Refused::Full(_)) => return Err(busy(st)),
+            Err(Refused::Closed(_)) => {
+                return Err(ApiError::unavailable(
+                    "the server is shutting down and accepts no new requests",
+                ))
+            }
         }
+        let mtx = mtx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = jrx.recv() => match ev {
+                        Some(ev) => if mtx.send((i, ev)).is_err() { return },
+                        None => return,
+                    },
+                    _ = mtx.closed() => return,
+                }
+            }
+        });
     }
+    drop(mtx);
+    let n = req.n;
 
     if !req.stream {
-        let mut text = String::new();
-        while let Some(ev) = rx.recv().await {
+        let mut texts = vec![String::new(); n];
+        let mut done: Vec<Option<CachedAnswer>> = vec![None; n];
+        let mut left = n;
+        while let Some((i, ev)) = rx.recv().await {
             match ev {
-                Event::Text(t) => text.push_str(&t),
+                Event::Text(t) => texts[i].push_str(&t),
                 Event::Done(u) => {
-                    let a = answer(text, u);
-                    cache_put(st, key, a.clone());
-                    drop(guard);
-                    return Ok(axum::Json(ids.completion(&a, 0)).into_response());
+                    done[i] = Some(answer(std::mem::take(&mut texts[i]), u));
+                    left -= 1;
+                    if left == 0 {
+                        let answers: Vec<CachedAnswer> = done.into_iter().flatten().collect();
+                        if let [a] = answers.as_slice() {
+                            cache_put(st, key, a.clone());
+                        }
+                        drop(guard);
+                        return Ok(axum::Json(ids.completion(&answers, 0)).into_response());
+                    }
                 }
                 Event::Error(e) => return Err(ApiError::internal(e)),
             }
@@ -739,39 +798,53 @@ async fn chat_inner(
     let st2 = st.clone();
     tokio::spawn(async move {
         let _guard = guard;
-        let first = ids.chunk(
-            json!({"role": "assistant", "content": ""}),
-            None,
-            include_usage,
-        );
-        if btx.send(first).await.is_err() {
-            return;
+        for i in 0..n {
+            let first = ids.chunk(
+                i,
+                json!({"role": "assistant", "content": ""}),
+                None,
+                include_usage,
+            );
+            if btx.send(first).await.is_err() {
+                return;
+            }
         }
-        let mut text = String::new();
+        let mut texts = vec![String::new(); n];
+        let (mut left, mut completion) = (n, 0);
         loop {
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
                 _ = btx.closed() => return,
             };
             match ev {
-                Some(Event::Text(t)) => {
-                    let c = ids.chunk(json!({"content": t}), None, include_usage);
-                    text.push_str(&t);
+                Some((i, Event::Text(t))) => {
+                    let c = ids.chunk(i, json!({"content": t}), None, include_usage);
+                    texts[i].push_str(&t);
                     if btx.send(c).await.is_err() {
                         return;
                     }
                 }
-                Some(Event::Done(u)) => {
-                    let usage = usage_json(u.prompt_tokens, u.completion_tokens, 0);
-                    for c in ids.closing(finish_str(u.finish), Some(usage), include_usage) {
-                        if btx.send(c).await.is_err() {
-                            return;
-                        }
+                Some((i, Event::Done(u))) => {
+                    let c = ids.chunk(i, json!({}), Some(finish_str(u.finish)), include_usage);
+                    if btx.send(c).await.is_err() {
+                        return;
                     }
-                    cache_put(&st2, key, answer(text, u));
-                    return;
+                    completion += u.completion_tokens;
+                    if n == 1 {
+                        cache_put(&st2, key, answer(std::mem::take(&mut texts[i]), u));
+                    }
+                    left -= 1;
+                    if left == 0 {
+                        let usage = usage_json(u.prompt_tokens, completion, 0);
+                        for c in ids.ending(Some(usage), include_usage) {
+                            if btx.send(c).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
                 }
-                Some(Event::Error(e)) => {
+                Some((_, Event::Error(e))) => {
                     let err = ApiError::internal(e).body();
                     let _ = btx.send(format!("data: {err}\n\n")).await;
                     let _ = btx.send("data: [DONE]\n\n".into()).await;

@@ -376,7 +376,8 @@ fn every_bad_request_gets_an_openai_error() {
                 "stream_options.include_usage",
             ),
             (json!({"model": 7}), "model"),
-            (json!({"n": 2}), "n"),
+            (json!({"n": 0}), "n"),
+            (json!({"n": 100}), "n"),
             (json!({"messages": "hi"}), "messages"),
             (json!({"messages": []}), "messages"),
             (
@@ -744,6 +745,75 @@ fn batched_answers_equal_sequential_ones() {
                 "request {i}"
             );
         }
+    });
+    stop(h);
+}
+
+#[test]
+fn several_choices_are_sampled_each_on_its_own() {
+    let Some(h) = start(|c| c.response_cache = false) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let body = |seed: u64, stream: bool| {
+            json!({"messages": [{"role": "user", "content": "Tell me about shapes."}],
+                "max_tokens": 8, "temperature": 1.0, "seed": seed, "n": 3, "stream": stream,
+                "stream_options": {"include_usage": true}})
+        };
+        // Choice i of a seeded request is the one-choice request with seed + i.
+        let v = post(addr, &body(40, false)).await.json();
+        let choices = v["choices"].as_array().expect("choices").clone();
+        assert_eq!(choices.len(), 3, "{v}");
+        let mut completion = 0;
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i);
+            let mut one = body(40 + i as u64, false);
+            one["n"] = json!(1);
+            let alone = post(addr, &one).await.json();
+            assert_eq!(c["message"], alone["choices"][0]["message"], "choice {i}");
+            completion += alone["usage"]["completion_tokens"].as_u64().unwrap();
+            if i == 0 {
+                assert_eq!(v["usage"]["prompt_tokens"], alone["usage"]["prompt_tokens"]);
+            }
+        }
+        // The prompt counts once, the completions add up.
+        assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(completion));
+
+        // Streamed: every chunk names its choice; each choice's text and finish match.
+        let r = post(addr, &body(40, true)).await;
+        assert_eq!(r.status, 200);
+        let events = sse_events(&r.body);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let mut texts = vec![String::new(); 3];
+        let mut finishes = vec![0; 3];
+        let mut usage = None;
+        for e in &events[..events.len() - 1] {
+            let v: Value = serde_json::from_str(e).unwrap();
+            let Some(c) = v["choices"].as_array().and_then(|c| c.first()) else {
+                usage = Some(v["usage"].clone());
+                continue;
+            };
+            let i = c["index"].as_u64().unwrap() as usize;
+            if let Some(t) = c["delta"]["content"].as_str() {
+                texts[i].push_str(t);
+            }
+            if c["finish_reason"].is_string() {
+                finishes[i] += 1;
+            }
+        }
+        assert_eq!(finishes, [1, 1, 1]);
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(
+                c["message"]["content"].as_str(),
+                Some(texts[i].as_str()),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            usage.expect("usage chunk")["completion_tokens"].as_u64(),
+            Some(completion)
+        );
     });
     stop(h);
 }
