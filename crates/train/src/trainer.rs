@@ -105,6 +105,20 @@ impl TrainConfig {
     }
 }
 
+/// Adds `grads` (in optimizer order; `None` where a variable got no gradient) into `sum`.
+fn add_grads(
+    sum: &mut [Option<Tensor>],
+    grads: impl IntoIterator<Item = Option<Tensor>>,
+) -> Result<()> {
+    for (acc, g) in sum.iter_mut().zip(grads) {
+        *acc = match (acc.take(), g) {
+            (Some(a), Some(g)) => Some((a + g)?),
+            (a, g) => a.or(g),
+        };
+    }
+    Ok(())
+}
+
 /// Most sequences differentiated in one packed forward and backward (see
 /// `Trainer::part_grads`).
 const MICRO_BATCH: usize = 4;
@@ -625,13 +639,12 @@ impl Trainer {
             let loss = self.loss_share(micro, total, objects)?;
             let grads = loss.backward()?;
             loss_sum += loss.to_scalar::<f32>()?;
-            for (acc, (_, v)) in sum.iter_mut().zip(&self.opt.vars) {
-                let g = grads.get(v.as_tensor()).cloned();
-                *acc = match (acc.take(), g) {
-                    (Some(a), Some(g)) => Some((a + g)?),
-                    (a, g) => a.or(g),
-                };
-            }
+            let g = self
+                .opt
+                .vars
+                .iter()
+                .map(|(_, v)| grads.get(v.as_tensor()).cloned());
+            add_grads(&mut sum, g)?;
         }
         Ok((loss_sum, sum))
     }
@@ -663,12 +676,7 @@ impl Trainer {
         for r in results {
             let (l, grads) = r?;
             loss += l;
-            for (acc, g) in sum.iter_mut().zip(grads) {
-                *acc = match (acc.take(), g) {
-                    (Some(a), Some(g)) => Some((a + g)?),
-                    (a, g) => a.or(g),
-                };
-            }
+            add_grads(&mut sum, grads)?;
         }
         Ok((loss, sum))
     }
