@@ -56,8 +56,8 @@ pub struct TrainArgs {
     pub stem_aux_weight: f64,
     /// Weight of one question kind's answer tokens, as KIND=W (repeatable; kinds: color,
     /// shape, count_shape, count_all, exists, left_of, describe, count_pair, position; others
-    /// weigh 1). The loss
-    /// stays a weighted mean, so this moves the gradient's share between kinds.
+    /// weigh 1). The loss stays a weighted mean, so this moves the gradient's share between
+    /// kinds.
     #[arg(long = "kind-weight", value_name = "KIND=W", value_parser = parse_kind_weight)]
     pub kind_weights: Vec<(String, f64)>,
     /// Training-only questions per conversation that count objects of one colour and shape
@@ -88,15 +88,15 @@ fn parse_kind_weight(s: &str) -> std::result::Result<(String, f64), String> {
     let (kind, w) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?}: expected KIND=W, e.g. exists=4"))?;
-    let known = pixlm_train::shapes::Kind::ALL.map(|k| k.name());
-    let extra = [
-        "describe",
-        pixlm_train::shapes::COUNT_PAIR_KIND,
-        pixlm_train::shapes::POSITION_KIND,
-    ];
-    if !extra.contains(&kind) && !known.contains(&kind) {
+    use pixlm_train::shapes::{Kind, TRAINING_ONLY_KINDS};
+    let known: Vec<&str> = Kind::ALL
+        .iter()
+        .map(|k| k.name())
+        .chain(TRAINING_ONLY_KINDS)
+        .collect();
+    if !known.contains(&kind) {
         return Err(format!(
-            "unknown question kind {kind:?} (one of {}, describe, count_pair, position)",
+            "unknown question kind {kind:?} (one of {})",
             known.join(", ")
         ));
     }

@@ -134,7 +134,7 @@ pub fn draw_batch(
             qs.push((
                 shapes::DESCRIBE_QUESTION.to_string(),
                 shapes::describe_answer(&scene),
-                "describe".to_string(),
+                shapes::DESCRIBE_KIND.to_string(),
             ));
         }
         let patches = pixlm_media::preprocess(&img, pre)?;
@@ -433,7 +433,7 @@ mod tests {
             let mut turns: Vec<&str> = ex.target_kinds.iter().map(String::as_str).collect();
             turns.dedup();
             // Describe-only conversations ask nothing else; the others end with it.
-            assert_eq!(turns.last(), Some(&"describe"));
+            assert_eq!(turns.last(), Some(&shapes::DESCRIBE_KIND));
             let pairs = turns
                 .iter()
                 .filter(|k| **k == shapes::COUNT_PAIR_KIND)

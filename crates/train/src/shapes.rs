@@ -632,6 +632,12 @@ pub fn sample_example_with_scene<R: Rng + ?Sized>(
 /// The training-only question that asks for every object: see [`describe_answer`].
 pub const DESCRIBE_QUESTION: &str = "Describe the image.";
 
+/// Kind name of [`DESCRIBE_QUESTION`]'s turns (training only).
+pub const DESCRIBE_KIND: &str = "describe";
+
+/// The kinds of turn training asks besides the spec's [`Kind`]s.
+pub const TRAINING_ONLY_KINDS: [&str; 3] = [DESCRIBE_KIND, COUNT_PAIR_KIND, POSITION_KIND];
+
 /// The answer to [`DESCRIBE_QUESTION`]: the number of objects, then each object's colour and
 /// shape from left to right (by centre), e.g. `2 objects: red circle, blue square`. One turn
 /// supervises every object's colour and shape at once, which teaches the model to see shapes
