@@ -73,6 +73,13 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune: start from the weights of this checkpoint (a `pixlm train` output
+    /// directory, e.g. models/shapes-neo) instead of a random initialisation, with a fresh
+    /// optimizer and learning-rate schedule. The checkpoint's config.json fixes the model's
+    /// sizes (--preset is not used). Use a --seed other than the first run's so the data
+    /// differ.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Stop (and save) after this many minutes even if steps remain.
     #[arg(long)]
     pub time_limit_min: Option<f64>,
@@ -148,16 +155,21 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         kind_weights: a.kind_weights.iter().cloned().collect(),
         pair_counts: a.pair_counts,
         pair_positions: a.pair_positions,
+        init_from: a.init_from.clone(),
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;
     let steps = trainer.config.steps;
     eprintln!(
-        "training {} steps × {} sequences into {} (starting at step {}, {} worker{})",
+        "training {} steps × {} sequences into {} (starting at step {}{}, {} worker{})",
         steps,
         trainer.config.batch,
         a.out.display(),
         trainer.step,
+        match (&a.init_from, trainer.step) {
+            (Some(d), 0) => format!(" from the weights of {}", d.display()),
+            _ => String::new(),
+        },
         trainer.config.workers,
         if trainer.config.workers == 1 { "" } else { "s" }
     );

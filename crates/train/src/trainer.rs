@@ -91,6 +91,12 @@ pub struct TrainConfig {
     /// `shapes::position_for`); 0 turns them off.
     #[serde(default)]
     pub pair_positions: usize,
+    /// A checkpoint (a `pixlm train` output directory) whose weights start this run instead
+    /// of a random initialisation: a fine-tune, with a fresh optimizer and schedule. Its
+    /// `config.json` fixes the model's sizes. Ignored when a run resumes (its own checkpoint
+    /// holds the weights by then).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -153,6 +159,7 @@ impl Default for TrainConfig {
             kind_weights: BTreeMap::new(),
             pair_counts: 0,
             pair_positions: 0,
+            init_from: None,
         }
     }
 }
@@ -325,6 +332,23 @@ fn init_weights(varmap: &VarMap, seed: u64, patch_fan_in: usize) -> Result<()> {
     Ok(())
 }
 
+/// The model sizes of the checkpoint in `dir` (its `config.json`, as `save` writes it).
+fn checkpoint_spec(dir: &Path) -> Result<ModelSpec> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+    let spec = v.get("pixlm_model_spec").cloned().ok_or_else(|| {
+        TrainError::Other(format!(
+            "{} has no `pixlm_model_spec`: only checkpoints written by `pixlm train` can start a \
+             fine-tune",
+            path.display()
+        ))
+    })?;
+    serde_json::from_value(spec)
+        .map_err(|e| TrainError::Other(format!("{}: pixlm_model_spec: {e}", path.display())))
+}
+
 /// The pieces of a training run that do not change between steps.
 pub struct Trainer {
     pub config: TrainConfig,
@@ -363,13 +387,20 @@ impl Trainer {
             img_context: tok_id(&tokenizer, "<IMG_CONTEXT>")?,
         };
         let state_path = out.join("trainer_state.json");
-        let (config, prior) = if resume && state_path.is_file() {
+        let (mut config, prior) = if resume && state_path.is_file() {
             let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
             let st: TrainerState = serde_json::from_str(&text)
                 .map_err(|e| TrainError::Other(format!("{}: {e}", state_path.display())))?;
             (st.config.clone(), Some(st))
         } else {
             (config, None)
+        };
+        let init_from = match (&prior, &config.init_from) {
+            (None, Some(dir)) => {
+                config.spec = checkpoint_spec(dir)?;
+                Some(dir.clone())
+            }
+            _ => None,
         };
         let neo = config.spec.neo_config(vocab_rows)?;
         let varmap = VarMap::new();
@@ -399,6 +430,19 @@ impl Trainer {
             step = st.step;
             elapsed = st.elapsed_secs;
             history = st.loss_history;
+        } else if let Some(dir) = init_from {
+            let mut vm = varmap.clone();
+            let weights = dir.join("model.safetensors");
+            vm.load(&weights)
+                .map_err(|e| TrainError::Other(format!("{}: {e}", weights.display())))?;
+            // The object-shape head is training-only; a checkpoint written by a run that had
+            // one keeps it beside the model, otherwise it starts from zero.
+            let stem = dir.join(STEM_HEAD_FILE);
+            if config.stem_aux_weight > 0.0 && stem.is_file() {
+                let mut hv = head.clone();
+                hv.load(&stem)
+                    .map_err(|e| TrainError::Other(format!("{}: {e}", stem.display())))?;
+            }
         }
         let pre = PreprocessConfig {
             patch_size: config.spec.patch_size,

@@ -153,3 +153,62 @@ fn two_workers_match_one() {
         }
     }
 }
+
+#[test]
+fn init_from_starts_from_the_checkpoint() {
+    let base = tmp("base");
+    let mut t = Trainer::new(config(3), &base, false).unwrap();
+    t.run(None, &mut |_| {}).unwrap();
+    // A fine-tune takes the checkpoint's weights and sizes (here the `small` preset is asked
+    // for, the checkpoint is `tiny`), with a fresh optimizer from step 0.
+    let tuned = tmp("tuned");
+    let cfg = TrainConfig {
+        spec: ModelSpec::preset("small").unwrap(),
+        init_from: Some(base.clone()),
+        seed: 8,
+        ..config(2)
+    };
+    let t = Trainer::new(cfg, &tuned, false).unwrap();
+    assert_eq!(t.step, 0);
+    assert_eq!(t.config.spec, ModelSpec::preset("tiny").unwrap());
+    t.save().unwrap();
+    let load = |d: &PathBuf| {
+        candle_core::safetensors::load(d.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (wa, wb) = (load(&base), load(&tuned));
+    assert_eq!(wa.len(), wb.len());
+    for (k, ta) in &wa {
+        let d: f32 = pixlm_models::max_abs_diff(ta, &wb[k]).unwrap();
+        assert_eq!(d, 0.0, "{k} was not taken from the checkpoint");
+    }
+    // A fresh run with the fine-tune's seed starts elsewhere (so the check above can fail).
+    let fresh = tmp("fresh");
+    let t = Trainer::new(
+        TrainConfig {
+            seed: 8,
+            ..config(2)
+        },
+        &fresh,
+        false,
+    )
+    .unwrap();
+    t.save().unwrap();
+    let wf = load(&fresh);
+    assert!(wa
+        .iter()
+        .any(|(k, ta)| pixlm_models::max_abs_diff(ta, &wf[k]).unwrap() > 0.0));
+    // A directory that is not a pixlm checkpoint is refused by name.
+    let cfg = TrainConfig {
+        init_from: Some(fresh.join("nowhere")),
+        ..config(2)
+    };
+    let err = Trainer::new(cfg, &tmp("bad"), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("nowhere") && err.contains("config.json"),
+        "{err}"
+    );
+}
