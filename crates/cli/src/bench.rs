@@ -17,17 +17,33 @@ pub struct BenchArgs {
     /// Model shape: neo-2b (spec §11.1: 40 layers, hidden 2048, untied), qwen3-0.6b (text),
     /// qwen3-30b-a3b-2l (Qwen3-30B-A3B's expert shapes — 128 experts, top-8 — with 2 of its 48
     /// layers, to fit in memory) or neo-tiny.
-    #[arg(long, default_value = "neo-2b", value_parser = ["neo-2b", "qwen3-0.6b", "qwen3-30b-a3b-2l", "neo-tiny"])]
+    #[arg(long, default_value = "neo-2b", value_parser = ["neo-2b", "qwen3-0.6b", "qwen3-30b-a3b-2l", "neo-tiny", "all"])]
     pub shape: String,
-    /// Prompt tokens for the text shapes.
-    #[arg(long, default_value_t = 128)]
-    pub prompt_tokens: usize,
+    /// Prompt tokens for the text shapes (default 128; 512 with --vs-llama-cpp).
+    #[arg(long)]
+    pub prompt_tokens: Option<usize>,
     /// Image tokens in the prefill prompt (rounded to a square grid).
     #[arg(long, default_value_t = 256)]
     pub image_tokens: usize,
-    /// Tokens to decode after the prefill.
-    #[arg(long, default_value_t = 16)]
-    pub decode_tokens: usize,
+    /// Tokens to decode after the prefill (default 16; 64 with --vs-llama-cpp).
+    #[arg(long)]
+    pub decode_tokens: Option<usize>,
+    /// Put pixlm and llama.cpp side by side in one run: the same text shape with random
+    /// weights, at each --format, prefill and decode tokens/s of both engines, their ratio and
+    /// the fraction of the read-bandwidth ceiling each reaches. llama.cpp's llama-bench and
+    /// llama-quantize are built once from the llama-cpp-python source package on PyPI
+    /// (scripts/build_llama_cpp.sh, into ~/.cache/pixlm/llama.cpp or $PIXLM_LLAMA_CPP_DIR),
+    /// and the GGUF files are written there too. Shapes: qwen3-0.6b and neo-2b (its language
+    /// model); --shape all runs both.
+    #[arg(long)]
+    pub vs_llama_cpp: bool,
+    /// Weight formats for --vs-llama-cpp (comma-separated or repeated): f32, f16, bf16, q8_0,
+    /// q4_k, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub format: Vec<String>,
+    /// Runs averaged per measurement with --vs-llama-cpp.
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -37,7 +53,7 @@ pub struct BenchArgs {
 
 /// Weights filled from a fast deterministic generator: uniform with std 0.02 for matrices,
 /// the init constant (1 for norms, 0 for biases) otherwise.
-struct RandomWeights;
+pub(crate) struct RandomWeights;
 
 impl SimpleBackend for RandomWeights {
     fn get(
@@ -78,7 +94,7 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
-fn text_config(shape: &str) -> Option<serde_json::Value> {
+pub(crate) fn text_config(shape: &str) -> Option<serde_json::Value> {
     let base = |hidden: usize, layers: usize, heads: usize, kv: usize, inter: usize, tied: bool| {
         serde_json::json!({"model_type": "qwen3", "hidden_size": hidden, "num_hidden_layers": layers,
             "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": 128,
@@ -105,7 +121,7 @@ fn text_config(shape: &str) -> Option<serde_json::Value> {
 /// Bytes of weights one decode step must read: every layer's attention and feed-forward (for
 /// MoE: the router and the top-k experts only), the final norm and the output head; one
 /// embedding row is negligible.
-fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_bytes: f64) -> f64 {
+pub(crate) fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_bytes: f64) -> f64 {
     let t = match cfg {
         ModelConfig::Neo(c) => &c.llm_config,
         ModelConfig::Qwen3(c) => c,
@@ -131,7 +147,7 @@ fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_bytes: f64) ->
 }
 
 /// Read bandwidth of this machine now, in bytes/s: all threads summing a 1 GiB buffer.
-fn read_bandwidth() -> f64 {
+pub(crate) fn read_bandwidth() -> f64 {
     let n = (1usize << 30) / 4;
     let buf = vec![1.0f32; n];
     let threads = candle_core::utils::get_num_threads().max(1);
@@ -195,6 +211,40 @@ fn argmax(t: &Tensor) -> Result<u32> {
 
 pub fn run(a: BenchArgs) -> Result<i32> {
     let opts = a.compute.load_options()?;
+    if a.vs_llama_cpp {
+        if a.compute.quant.is_some() || a.compute.dtype != "f32" || a.compute.gpu {
+            bail!("--vs-llama-cpp chooses formats with --format (not --quant, --dtype or --gpu)");
+        }
+        if a.reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        let formats: Vec<String> = if a.format.iter().any(|f| f == "all") {
+            crate::bench_llama::FORMATS
+                .iter()
+                .map(|f| f.name.to_string())
+                .collect()
+        } else {
+            a.format.clone()
+        };
+        let shapes = match a.shape.as_str() {
+            "all" => vec!["qwen3-0.6b".to_string(), "neo-2b".to_string()],
+            s => vec![s.to_string()],
+        };
+        return crate::bench_llama::run(crate::bench_llama::VsOptions {
+            shapes,
+            formats,
+            threads: candle_core::utils::get_num_threads(),
+            prompt: a.prompt_tokens.unwrap_or(512),
+            gen: a.decode_tokens.unwrap_or(64),
+            reps: a.reps,
+            json: a.json,
+        });
+    }
+    if a.shape == "all" {
+        bail!("--shape all is for --vs-llama-cpp; pick one shape");
+    }
+    let prompt_tokens = a.prompt_tokens.unwrap_or(128);
+    let decode_tokens = a.decode_tokens.unwrap_or(16);
     let cfg = config(&a.shape)?;
     let ids = NeoSpecialIds {
         img_start: 151670,
@@ -234,7 +284,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         ]);
         vec![image]
     } else {
-        prompt.extend((0..a.prompt_tokens as u32).map(|i| 1000 + (i * 7919) % 100_000));
+        prompt.extend((0..prompt_tokens as u32).map(|i| 1000 + (i * 7919) % 100_000));
         Vec::new()
     };
     let mut cache = KvCache::new();
@@ -256,7 +306,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     )?;
     let ttft = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    for _ in 0..a.decode_tokens {
+    for _ in 0..decode_tokens {
         let out = model.forward(
             &mut [SeqInput {
                 ids: &[next],
@@ -291,7 +341,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     };
     let bytes = active_weight_bytes(&cfg, linear, dense);
     let bw = read_bandwidth();
-    let decode_tok_s = a.decode_tokens as f64 / decode_s.max(1e-9);
+    let decode_tok_s = decode_tokens as f64 / decode_s.max(1e-9);
     let ceiling = bw / bytes;
     let r = serde_json::json!({
         "shape": a.shape,
@@ -307,7 +357,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         "load_s": load_s,
         "ttft_s": ttft,
         "prefill_tok_s": prompt.len() as f64 / ttft,
-        "decode_tokens": a.decode_tokens,
+        "decode_tokens": decode_tokens,
         "decode_tok_s": decode_tok_s,
         "peak_rss_gib": peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
     });
@@ -330,7 +380,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         );
         println!(
             "  decode                  {decode_tok_s:>8.2} tok/s over {} tokens",
-            a.decode_tokens
+            decode_tokens
         );
         println!(
             "  decode ceiling          {ceiling:>8.2} tok/s = {:.1} GB/s read / {:.2} GiB of active weights ({:.0}% reached)",

@@ -1,6 +1,7 @@
 //! The `pixlm` command line.
 
 mod bench;
+mod bench_llama;
 mod cmd_check;
 mod cmd_quantize;
 mod cmd_run;

@@ -280,6 +280,11 @@ fn bad_training_flags_are_refused() {
         ("--kind-weight", "colour=2", "colour"),
         ("--kind-weight", "exists=-1", "non-negative"),
         ("--kind-weight", "exists=x", "not a number"),
+        (
+            "--init-from",
+            "/nonexistent-pixlm-ckpt",
+            "nonexistent-pixlm-ckpt",
+        ),
     ] {
         let arg = format!("{flag}={value}");
         assert_clear_error(&pixlm(&["train", "--out", out, &arg]), needle);

@@ -1,0 +1,547 @@
+//! `pixlm bench --vs-llama-cpp`: pixlm and llama.cpp side by side in one run, on the same
+//! model shapes with random weights, at the same weight formats and thread count.
+//!
+//! llama.cpp's `llama-bench` and `llama-quantize` are built once from the source that the
+//! `llama-cpp-python` package on PyPI vendors (`scripts/build_llama_cpp.sh`, into a cache
+//! directory outside the repository). For each shape the harness writes one f32 GGUF file in
+//! llama.cpp's `qwen3` layout with random weights, and `llama-quantize --pure` makes each other
+//! format from it, keeping the token embedding / output head at the type pixlm keeps it at, so
+//! both engines read the same bytes per token. pixlm runs the same shape through its real
+//! Qwen3 forward (random weights from the same kind of generator). The read bandwidth is
+//! measured in the same run and gives each engine's fraction of the decode ceiling.
+
+use crate::bench::{active_weight_bytes, read_bandwidth, text_config, RandomWeights};
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, QuantFormat, SeqInput};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// One weight format as both engines are run at it.
+pub struct Format {
+    pub name: &'static str,
+    /// `llama-quantize` type for the linear layers (`None`: the f32 file as written).
+    llama_type: Option<&'static str>,
+    /// `llama-quantize` type for the token embedding and output head.
+    llama_head: &'static str,
+    /// pixlm's compute dtype and load-time quantization.
+    dtype: DType,
+    quant: Option<QuantFormat>,
+    /// Bytes per weight of the linear layers and of the output head.
+    linear_bytes: f64,
+    head_bytes: f64,
+}
+
+pub const FORMATS: [Format; 5] = [
+    Format {
+        name: "f32",
+        llama_type: None,
+        llama_head: "f32",
+        dtype: DType::F32,
+        quant: None,
+        linear_bytes: 4.0,
+        head_bytes: 4.0,
+    },
+    Format {
+        name: "f16",
+        llama_type: Some("F16"),
+        llama_head: "f16",
+        dtype: DType::F16,
+        quant: None,
+        linear_bytes: 2.0,
+        head_bytes: 2.0,
+    },
+    Format {
+        name: "bf16",
+        llama_type: Some("BF16"),
+        llama_head: "bf16",
+        dtype: DType::BF16,
+        quant: None,
+        linear_bytes: 2.0,
+        head_bytes: 2.0,
+    },
+    // pixlm keeps the output head dense at the compute dtype (f32) for quantized linears
+    // (issue #6); llama.cpp is told to do the same.
+    Format {
+        name: "q8_0",
+        llama_type: Some("Q8_0"),
+        llama_head: "f32",
+        dtype: DType::F32,
+        quant: Some(QuantFormat::Q8_0),
+        linear_bytes: 34.0 / 32.0,
+        head_bytes: 4.0,
+    },
+    Format {
+        name: "q4_k",
+        llama_type: Some("Q4_K"),
+        llama_head: "f32",
+        dtype: DType::F32,
+        quant: Some(QuantFormat::Q4K),
+        linear_bytes: 144.0 / 256.0,
+        head_bytes: 4.0,
+    },
+];
+
+/// The text shapes compared: Qwen3-0.6B and the NEO-2B language model (spec §11.1) as a plain
+/// Qwen3 stack (llama.cpp has no Native-RoPE; the text path is what both engines share).
+pub fn vs_config(shape: &str) -> Result<serde_json::Value> {
+    match shape {
+        "qwen3-0.6b" => text_config(shape).context("qwen3-0.6b config"),
+        "neo-2b" => {
+            let mut c = text_config("qwen3-0.6b").context("base config")?;
+            c["hidden_size"] = 2048.into();
+            c["num_hidden_layers"] = 40.into();
+            c["intermediate_size"] = 6144.into();
+            c["tie_word_embeddings"] = false.into();
+            Ok(c)
+        }
+        other => bail!("--vs-llama-cpp compares the shapes qwen3-0.6b and neo-2b, not {other}"),
+    }
+}
+
+/// Where llama.cpp is built: `$PIXLM_LLAMA_CPP_DIR`, else `~/.cache/pixlm/llama.cpp`.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PIXLM_LLAMA_CPP_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    home.join("pixlm").join("llama.cpp")
+}
+
+/// The directory holding `llama-bench` and `llama-quantize`, building them first if needed.
+fn llama_bin_dir() -> Result<PathBuf> {
+    let dir = cache_dir();
+    let bin = dir.join("bin");
+    if bin.join("llama-bench").is_file() && bin.join("llama-quantize").is_file() {
+        return Ok(bin);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build_llama_cpp.sh");
+    if !script.is_file() {
+        bail!(
+            "llama.cpp is not built in {} and the build script {} is missing (run from a pixlm \
+             checkout, or set PIXLM_LLAMA_CPP_DIR to a directory whose bin/ holds llama-bench \
+             and llama-quantize)",
+            dir.display(),
+            script.display()
+        );
+    }
+    eprintln!(
+        "building llama.cpp (llama-bench, llama-quantize) into {}: several minutes, once",
+        dir.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !bin.join("llama-bench").is_file() {
+        bail!("building llama.cpp failed ({status}); see the output above");
+    }
+    Ok(bin)
+}
+
+/// Writes `cfg`'s weights, random, as an f32 GGUF in llama.cpp's `qwen3` layout (no
+/// tokenizer: `tokenizer.ggml.model = none` with the vocabulary size, which llama-bench
+/// accepts since it feeds random token ids).
+fn write_f32_gguf(cfg: &serde_json::Value, path: &Path) -> Result<()> {
+    let u = |k: &str| -> Result<usize> {
+        cfg[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("config {k}"))
+    };
+    let (d, layers, heads, kv, hd, inter, vocab) = (
+        u("hidden_size")?,
+        u("num_hidden_layers")?,
+        u("num_attention_heads")?,
+        u("num_key_value_heads")?,
+        u("head_dim")?,
+        u("intermediate_size")?,
+        u("vocab_size")?,
+    );
+    let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
+    let mut shapes: Vec<(String, Vec<usize>, bool)> = vec![
+        ("token_embd.weight".into(), vec![vocab, d], false),
+        ("output_norm.weight".into(), vec![d], true),
+    ];
+    if !tied {
+        shapes.push(("output.weight".into(), vec![vocab, d], false));
+    }
+    for l in 0..layers {
+        let b = |n: &str| format!("blk.{l}.{n}.weight");
+        shapes.extend([
+            (b("attn_norm"), vec![d], true),
+            (b("attn_q"), vec![heads * hd, d], false),
+            (b("attn_k"), vec![kv * hd, d], false),
+            (b("attn_v"), vec![kv * hd, d], false),
+            (b("attn_output"), vec![d, heads * hd], false),
+            (b("attn_q_norm"), vec![hd], true),
+            (b("attn_k_norm"), vec![hd], true),
+            (b("ffn_norm"), vec![d], true),
+            (b("ffn_gate"), vec![inter, d], false),
+            (b("ffn_up"), vec![inter, d], false),
+            (b("ffn_down"), vec![d, inter], false),
+        ]);
+    }
+    let mut tensors = Vec::with_capacity(shapes.len());
+    for (name, shape, norm) in &shapes {
+        let init = if *norm {
+            candle_nn::Init::Const(1.0)
+        } else {
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            }
+        };
+        let t: Tensor = RandomWeights.get(
+            shape.as_slice().into(),
+            name,
+            init,
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        tensors.push((name.clone(), QTensor::quantize(&t, GgmlDType::F32)?));
+    }
+    use gguf_file::Value as V;
+    let meta: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("qwen3".into())),
+        ("general.name", V::String("pixlm-bench-random".into())),
+        ("general.file_type", V::U32(0)),
+        ("qwen3.block_count", V::U32(layers as u32)),
+        ("qwen3.context_length", V::U32(32768)),
+        ("qwen3.embedding_length", V::U32(d as u32)),
+        ("qwen3.feed_forward_length", V::U32(inter as u32)),
+        ("qwen3.attention.head_count", V::U32(heads as u32)),
+        ("qwen3.attention.head_count_kv", V::U32(kv as u32)),
+        ("qwen3.attention.key_length", V::U32(hd as u32)),
+        ("qwen3.attention.value_length", V::U32(hd as u32)),
+        (
+            "qwen3.rope.freq_base",
+            V::F32(cfg["rope_theta"].as_f64().unwrap_or(1e6) as f32),
+        ),
+        ("qwen3.attention.layer_norm_rms_epsilon", V::F32(1e-6)),
+        ("qwen3.vocab_size", V::U32(vocab as u32)),
+        ("tokenizer.ggml.model", V::String("none".into())),
+    ];
+    let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tmp = path.with_extension("tmp");
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    gguf_file::write(&mut w, &meta_refs, &t_refs)?;
+    drop(w);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Tokens/s of llama.cpp on `model`: (prefill of `prompt` tokens, decode of `gen` tokens).
+fn llama_bench(
+    bin: &Path,
+    model: &Path,
+    threads: usize,
+    prompt: usize,
+    gen: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
+    let out = Command::new(bin.join("llama-bench"))
+        .args(["-m", &model.to_string_lossy()])
+        .args(["-t", &threads.to_string()])
+        .args(["-p", &prompt.to_string(), "-n", &gen.to_string()])
+        .args(["-r", &reps.to_string(), "-o", "json"])
+        .output()
+        .context("running llama-bench")?;
+    if !out.status.success() {
+        bail!(
+            "llama-bench failed on {}: {}",
+            model.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    parse_llama_bench(&out.stdout, prompt, gen)
+}
+
+/// (prefill, decode) tokens/s from llama-bench's `-o json` output: the `avg_ts` of its
+/// pp{prompt} and tg{gen} tests.
+fn parse_llama_bench(json: &[u8], prompt: usize, gen: usize) -> Result<(f64, f64)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).context("reading llama-bench's JSON")?;
+    let mut pp = None;
+    let mut tg = None;
+    for r in v.as_array().into_iter().flatten() {
+        let ts = r["avg_ts"].as_f64();
+        if r["n_prompt"].as_u64() == Some(prompt as u64) && r["n_gen"].as_u64() == Some(0) {
+            pp = ts;
+        }
+        if r["n_gen"].as_u64() == Some(gen as u64) && r["n_prompt"].as_u64() == Some(0) {
+            tg = ts;
+        }
+    }
+    match (pp, tg) {
+        (Some(p), Some(t)) => Ok((p, t)),
+        _ => bail!("llama-bench's JSON lacks the pp{prompt} or tg{gen} result"),
+    }
+}
+
+fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> Result<()> {
+    let Some(ty) = f.llama_type else {
+        return Ok(());
+    };
+    let out = Command::new(bin.join("llama-quantize"))
+        .arg("--pure")
+        .args(["--token-embedding-type", f.llama_head])
+        .args(["--output-tensor-type", f.llama_head])
+        .arg(src)
+        .arg(dst)
+        .arg(ty)
+        .arg(threads.to_string())
+        .output()
+        .context("running llama-quantize")?;
+    if !out.status.success() {
+        bail!(
+            "llama-quantize to {ty} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    Ok(())
+}
+
+fn argmax(t: &Tensor) -> Result<u32> {
+    Ok(t.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
+}
+
+/// Tokens/s of pixlm's real forward at `cfg`: (prefill of `prompt` tokens, decode of `gen`
+/// tokens after a one-token prompt, as llama-bench's tg test does), means over `reps`.
+fn pixlm_bench(
+    cfg: &serde_json::Value,
+    f: &Format,
+    prompt: usize,
+    gen: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
+    let cfg = ModelConfig::from_json_str(&cfg.to_string(), Path::new("bench-config"))?;
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), f.dtype, Device::Cpu);
+    let (model, _) = Model::from_var_builder_quantized(&vb, &cfg, None, f.quant)?;
+    let ids: Vec<u32> = (0..prompt as u32)
+        .map(|i| 1000 + (i * 7919) % 100_000)
+        .collect();
+    let step = |ids: &[u32], cache: &mut KvCache, decode: bool| -> Result<u32> {
+        let out = model.forward(
+            &mut [SeqInput {
+                ids,
+                images: &[],
+                decode,
+                cache,
+                logits: LogitsWanted::Last,
+            }],
+            None,
+        )?;
+        argmax(out[0].as_ref().context("no logits")?)
+    };
+    // One untimed warm-up of each path (page faults, thread pool start).
+    step(&ids[..prompt.min(16)], &mut KvCache::new(), false)?;
+    let (mut pp, mut tg) = (0.0, 0.0);
+    for _ in 0..reps {
+        let t = Instant::now();
+        step(&ids, &mut KvCache::new(), false)?;
+        pp += prompt as f64 / t.elapsed().as_secs_f64();
+        let mut cache = KvCache::new();
+        let mut next = step(&ids[..1], &mut cache, false)?;
+        let t = Instant::now();
+        for _ in 0..gen {
+            next = step(&[next], &mut cache, true)?;
+        }
+        tg += gen as f64 / t.elapsed().as_secs_f64();
+    }
+    Ok((pp / reps as f64, tg / reps as f64))
+}
+
+/// What the harness runs: shapes × formats, and the workload of each measurement.
+pub struct VsOptions {
+    pub shapes: Vec<String>,
+    pub formats: Vec<String>,
+    pub threads: usize,
+    pub prompt: usize,
+    pub gen: usize,
+    pub reps: usize,
+    pub json: bool,
+}
+
+pub fn run(o: VsOptions) -> Result<i32> {
+    let formats: Vec<&Format> = o
+        .formats
+        .iter()
+        .map(|n| {
+            FORMATS
+                .iter()
+                .find(|f| f.name == n)
+                .with_context(|| format!("unknown --format {n} (f32, f16, bf16, q8_0, q4_k)"))
+        })
+        .collect::<Result<_>>()?;
+    let configs: Vec<serde_json::Value> = o
+        .shapes
+        .iter()
+        .map(|s| vs_config(s))
+        .collect::<Result<_>>()?;
+    let bin = llama_bin_dir()?;
+    let work = cache_dir().join("models");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    if !o.json {
+        println!(
+            "{} threads; prefill {} tokens, decode {} tokens, mean of {} runs; the read bandwidth \
+             (GB/s) is measured before each row (this machine is shared: it varies by a third \
+             from minute to minute)",
+            o.threads, o.prompt, o.gen, o.reps
+        );
+        println!(
+            "{:<11} {:<5} {:>5} {:>10} {:>10} {:>6} {:>7} {:>7} {:>11} {:>11} {:>6}",
+            "shape",
+            "fmt",
+            "GB/s",
+            "llama tg",
+            "pixlm tg",
+            "ratio",
+            "llama%",
+            "pixlm%",
+            "llama pp",
+            "pixlm pp",
+            "ratio"
+        );
+    }
+    for (shape, cfg) in o.shapes.iter().zip(&configs) {
+        let f32_path = work.join(format!("{shape}-f32.gguf"));
+        if !f32_path.is_file() {
+            eprintln!("writing {} (random weights)", f32_path.display());
+            write_f32_gguf(cfg, &f32_path)?;
+        }
+        let mc = ModelConfig::from_json_str(&cfg.to_string(), Path::new("bench-config"))?;
+        for f in &formats {
+            let path = match f.llama_type {
+                None => f32_path.clone(),
+                Some(_) => {
+                    let p = work.join(format!("{shape}-{}.gguf", f.name));
+                    if !p.is_file() {
+                        eprintln!("llama-quantize → {}", p.display());
+                        quantize(&bin, &f32_path, &p, f, o.threads)?;
+                    }
+                    p
+                }
+            };
+            let bw = read_bandwidth();
+            let (lpp, ltg) = llama_bench(&bin, &path, o.threads, o.prompt, o.gen, o.reps)?;
+            if path != f32_path {
+                // Remade in seconds from the f32 file; the NEO-2B ones are gigabytes each.
+                std::fs::remove_file(&path).ok();
+            }
+            let (ppp, ptg) = pixlm_bench(cfg, f, o.prompt, o.gen, o.reps)?;
+            let bytes = active_weight_bytes(&mc, f.linear_bytes, f.head_bytes);
+            let ceiling = bw / bytes;
+            if o.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "shape": shape, "format": f.name, "threads": o.threads,
+                        "read_bandwidth_gb_s": bw / 1e9, "weight_gib_per_token": bytes / (1u64 << 30) as f64,
+                        "decode_ceiling_tok_s": ceiling,
+                        "llama_cpp": {"decode_tok_s": ltg, "prefill_tok_s": lpp, "bandwidth_fraction": ltg / ceiling,
+                            "effective_read_gb_s": ltg * bytes / 1e9},
+                        "pixlm": {"decode_tok_s": ptg, "prefill_tok_s": ppp,
+                            "effective_read_gb_s": ptg * bytes / 1e9},
+                        "decode_ratio": ptg / ltg, "prefill_ratio": ppp / lpp,
+                        "bandwidth_fraction": ptg / ceiling,
+                    })
+                );
+            } else {
+                println!(
+                    "{:<11} {:<5} {:>5.1} {:>10.2} {:>10.2} {:>5.2}x {:>6.0}% {:>6.0}% {:>11.1} {:>11.1} {:>5.2}x",
+                    shape,
+                    f.name,
+                    bw / 1e9,
+                    ltg,
+                    ptg,
+                    ptg / ltg,
+                    100.0 * ltg / ceiling,
+                    100.0 * ptg / ceiling,
+                    lpp,
+                    ppp,
+                    ppp / lpp
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_bench_json_gives_prefill_and_decode() {
+        let json = br#"[{"n_prompt": 512, "n_gen": 0, "avg_ts": 118.5, "stddev_ts": 1.0},
+                        {"n_prompt": 0, "n_gen": 64, "avg_ts": 12.6, "stddev_ts": 0.1}]"#;
+        assert_eq!(parse_llama_bench(json, 512, 64).unwrap(), (118.5, 12.6));
+        // A run that lacks one of the two tests, or other sizes, is an error, not a zero.
+        let err = parse_llama_bench(json, 256, 64).unwrap_err().to_string();
+        assert!(err.contains("pp256"), "{err}");
+        assert!(parse_llama_bench(b"not json", 512, 64).is_err());
+    }
+
+    #[test]
+    fn gguf_has_llama_cpp_qwen3_layout() {
+        let mut cfg = vs_config("qwen3-0.6b").unwrap();
+        for (k, v) in [
+            ("hidden_size", 64),
+            ("num_hidden_layers", 2),
+            ("intermediate_size", 96),
+            ("vocab_size", 100),
+            ("num_attention_heads", 4),
+            ("num_key_value_heads", 2),
+            ("head_dim", 16),
+        ] {
+            cfg[k] = v.into();
+        }
+        cfg["tie_word_embeddings"] = false.into();
+        let path = std::env::temp_dir().join(format!("pixlm-vs-{}.gguf", std::process::id()));
+        write_f32_gguf(&cfg, &path).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        let c = gguf_file::Content::read(&mut f).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(
+            c.metadata["general.architecture"].to_string().unwrap(),
+            "qwen3"
+        );
+        assert_eq!(c.metadata["qwen3.block_count"].to_u32().unwrap(), 2);
+        assert_eq!(c.metadata["qwen3.vocab_size"].to_u32().unwrap(), 100);
+        // 3 global tensors (untied: output.weight) + 11 per layer. candle reads the shapes
+        // back in its order (output width first); the file holds them reversed, as ggml's ne0
+        // = input width that llama.cpp's qwen3 loader checks.
+        assert_eq!(c.tensor_infos.len(), 3 + 2 * 11);
+        let dims = |n: &str| c.tensor_infos[n].shape.dims().to_vec();
+        assert_eq!(dims("blk.1.attn_q.weight"), vec![64, 64]);
+        assert_eq!(dims("blk.0.attn_k.weight"), vec![32, 64]);
+        assert_eq!(dims("blk.0.ffn_down.weight"), vec![64, 96]);
+        assert_eq!(dims("blk.0.attn_q_norm.weight"), vec![16]);
+        assert_eq!(dims("output.weight"), vec![100, 64]);
+        assert_eq!(
+            c.tensor_infos["token_embd.weight"].ggml_dtype,
+            GgmlDType::F32
+        );
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench and llama-quantize from the source that the llama-cpp-python
+# package on PyPI vendors, for `pixlm bench --vs-llama-cpp`.
+#
+#   scripts/build_llama_cpp.sh [DIR]     (default: ~/.cache/pixlm/llama.cpp)
+#
+# DIR gets: venv/ (cmake and ninja from PyPI, so no system cmake is needed), the sdist, its
+# unpacked source, and bin/ with the two tools. Native CPU flags (GGML_NATIVE), as pixlm's own
+# build uses target-cpu=native. Set LLAMA_CPP_PYTHON_VERSION to pin another release.
+set -euo pipefail
+DIR="${1:-${PIXLM_LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pixlm/llama.cpp}}"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+mkdir -p "$DIR"
+cd "$DIR"
+if [ ! -x venv/bin/cmake ] || [ ! -x venv/bin/ninja ]; then
+  python3 -m venv venv
+  venv/bin/pip install --quiet --only-binary :all: cmake ninja
+fi
+SDIST="llama_cpp_python-$VERSION.tar.gz"
+if [ ! -f "sdist/$SDIST" ]; then
+  mkdir -p sdist
+  # The sdist's address from PyPI's JSON API (pip download would build its build-time
+  # dependencies from source first).
+  URL=$(python3 - "$VERSION" <<'PY'
+import json, sys, urllib.parse, urllib.request
+api = f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json"
+meta = json.load(urllib.request.urlopen(api))
+for f in meta["urls"]:
+    if f["packagetype"] == "sdist":
+        print(urllib.parse.urljoin(api, f["url"]))
+        break
+else:
+    sys.exit("no sdist for llama-cpp-python " + sys.argv[1])
+PY
+)
+  echo "downloading $URL"
+  curl -fL --retry 3 -o "sdist/$SDIST.part" "$URL"
+  mv "sdist/$SDIST.part" "sdist/$SDIST"
+fi
+SRC="llama_cpp_python-$VERSION/vendor/llama.cpp"
+[ -d "$SRC" ] || tar xzf "sdist/$SDIST"
+export PATH="$DIR/venv/bin:$PATH"
+cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=OFF >/dev/null
+ninja -C "$SRC/build" llama-bench llama-quantize
+mkdir -p bin
+# The tools and the shared libraries beside them (they find each other through $ORIGIN).
+cp -a "$SRC"/build/bin/* bin/
+echo "llama.cpp $VERSION built: $DIR/bin/llama-bench, $DIR/bin/llama-quantize"
