@@ -205,7 +205,7 @@ fn config(shape: &str) -> Result<ModelConfig> {
     )?)
 }
 
-fn argmax(t: &Tensor) -> Result<u32> {
+pub(crate) fn argmax(t: &Tensor) -> Result<u32> {
     Ok(t.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
 }
 

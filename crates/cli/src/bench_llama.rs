@@ -10,7 +10,7 @@
 //! Qwen3 forward (random weights from the same kind of generator). The read bandwidth is
 //! measured in the same run and gives each engine's fraction of the decode ceiling.
 
-use crate::bench::{active_weight_bytes, read_bandwidth, text_config, RandomWeights};
+use crate::bench::{active_weight_bytes, argmax, read_bandwidth, text_config, RandomWeights};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -261,12 +261,7 @@ fn llama_bench(
         bail!(
             "llama-bench failed on {}: {}",
             model.display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
+            stderr_tail(&out.stderr)
         );
     }
     parse_llama_bench(&out.stdout, prompt, gen)
@@ -294,6 +289,14 @@ fn parse_llama_bench(json: &[u8], prompt: usize, gen: usize) -> Result<(f64, f64
     }
 }
 
+/// The last lines of a tool's error output, for the error message.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.reverse();
+    lines.join(" | ")
+}
+
 fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> Result<()> {
     let Some(ty) = f.llama_type else {
         return Ok(());
@@ -311,19 +314,10 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
     if !out.status.success() {
         bail!(
             "llama-quantize to {ty} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
+            stderr_tail(&out.stderr)
         );
     }
     Ok(())
-}
-
-fn argmax(t: &Tensor) -> Result<u32> {
-    Ok(t.flatten_all()?.argmax(0)?.to_scalar::<u32>()?)
 }
 
 /// Tokens/s of pixlm's real forward at `cfg`: (prefill of `prompt` tokens, decode of `gen`

@@ -384,3 +384,18 @@ fn chat_mode_reads_turns_from_stdin() {
     assert_eq!(sizes.len(), 2, "stderr was: {err:?}");
     assert!(sizes[1] > sizes[0], "{sizes:?}");
 }
+
+#[test]
+fn bench_vs_llama_cpp_refuses_bad_choices() {
+    // Refused before anything is built or written.
+    for (args, needle) in [
+        (&["--shape", "neo-tiny"][..], "neo-tiny"),
+        (&["--format", "f8"][..], "f8"),
+        (&["--quant", "q8_0"][..], "--format"),
+        (&["--reps", "0"][..], "--reps"),
+    ] {
+        let mut a = vec!["bench", "--vs-llama-cpp"];
+        a.extend_from_slice(args);
+        assert_clear_error(&pixlm(&a), needle);
+    }
+}
