@@ -86,33 +86,47 @@ pub fn build_example(
     )
 }
 
+/// The turns each conversation of [`draw_batch`] asks about its image.
+#[derive(Clone, Copy, Debug)]
+pub struct Turns {
+    /// Task questions (the spec's kinds).
+    pub per_image: usize,
+    /// Also ask [`shapes::DESCRIBE_QUESTION`].
+    pub describe: bool,
+    /// Training-only [`shapes::count_pair_for`] questions.
+    pub pair_counts: usize,
+    /// Training-only [`shapes::position_for`] questions (where the scene allows).
+    pub positions: usize,
+}
+
 /// Draws `n` fresh sequences. Each rendered image becomes one conversation holding up to
-/// `per_image` of its questions as successive user/assistant turns (the `build_history`
+/// `turns.per_image` of its questions as successive user/assistant turns (the `build_history`
 /// layout NEO uses for several turns), so the image is encoded once for several supervised
 /// answers. The first turn is exactly the single-question prompt that `pixlm run` and
 /// `pixlm eval` build.
 ///
-/// With `describe`, each conversation also asks [`shapes::DESCRIBE_QUESTION`]: as its last
+/// With `turns.describe`, each conversation also asks [`shapes::DESCRIBE_QUESTION`]: as its last
 /// turn, or (one conversation in [`DESCRIBE_ONLY`]) as its only turn, so that the model also
 /// answers it first. It comes last otherwise so that no task question is answered with a
 /// description of the image already in context, which the evaluation never has.
 ///
-/// `pair_counts` training-only [`shapes::count_pair_for`] questions and `positions`
-/// [`shapes::position_for`] ones (where the scene allows) join each conversation's task
-/// questions, in random places among them.
-#[allow(clippy::too_many_arguments)]
+/// The training-only questions (`turns.pair_counts`, `turns.positions`) join each
+/// conversation's task questions, in random places among them.
 pub fn draw_batch(
     rng: &mut ShapesRng,
     balancer: &mut QuestionBalancer,
     tok: &Tokenizer,
     pre: &PreprocessConfig,
     n: usize,
-    per_image: usize,
-    describe: bool,
-    pair_counts: usize,
-    positions: usize,
+    turns: Turns,
 ) -> Result<Vec<Example>, DataError> {
     use rand::Rng;
+    let Turns {
+        per_image,
+        describe,
+        pair_counts,
+        positions,
+    } = turns;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let only = describe && rng.random_bool(DESCRIBE_ONLY);
@@ -426,7 +440,20 @@ mod tests {
         };
         let mut rng = shapes::rng_from_seed(5);
         let mut bal = QuestionBalancer::new();
-        let batch = draw_batch(&mut rng, &mut bal, &tok, &pre, 40, 2, true, 1, 0).unwrap();
+        let batch = draw_batch(
+            &mut rng,
+            &mut bal,
+            &tok,
+            &pre,
+            40,
+            Turns {
+                per_image: 2,
+                describe: true,
+                pair_counts: 1,
+                positions: 0,
+            },
+        )
+        .unwrap();
         let mut with_pairs = 0;
         for ex in &batch {
             assert_eq!(ex.targets.len(), ex.target_kinds.len());

@@ -7,7 +7,7 @@
 //! reproducible and a resumed run continues exactly where it stopped. Checkpoints are written
 //! in the Hugging Face layout and load through `Engine::load` like any NEO checkpoint.
 
-use crate::data::{draw_batch, DataError, Example};
+use crate::data::{draw_batch, DataError, Example, Turns};
 use crate::model_spec::ModelSpec;
 use crate::shapes::{QuestionBalancer, ShapesRng};
 use crate::tokenizer_train;
@@ -332,6 +332,24 @@ fn init_weights(varmap: &VarMap, seed: u64, patch_fan_in: usize) -> Result<()> {
     Ok(())
 }
 
+/// Loads the model weights of the checkpoint in `dir` into `varmap`, and, when the run has
+/// an object-shape head (`head` not empty), that head's from beside them: required when
+/// resuming the run's own checkpoint; optional when fine-tuning, since the head is
+/// training-only and a checkpoint written without one leaves it at zero.
+fn load_weights(varmap: &VarMap, head: &VarMap, dir: &Path, head_required: bool) -> Result<()> {
+    let load = |vm: &VarMap, path: PathBuf| -> Result<()> {
+        vm.clone()
+            .load(&path)
+            .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))
+    };
+    load(varmap, dir.join("model.safetensors"))?;
+    let stem = dir.join(STEM_HEAD_FILE);
+    if !head.all_vars().is_empty() && (head_required || stem.is_file()) {
+        load(head, stem)?;
+    }
+    Ok(())
+}
+
 /// The model sizes of the checkpoint in `dir` (its `config.json`, as `save` writes it).
 fn checkpoint_spec(dir: &Path) -> Result<ModelSpec> {
     let path = dir.join("config.json");
@@ -420,29 +438,13 @@ impl Trainer {
         let mut step = 0;
         let (mut elapsed, mut history) = (0.0, Vec::new());
         if let Some(st) = prior {
-            let mut vm = varmap.clone();
-            vm.load(out.join("model.safetensors"))?;
-            if config.stem_aux_weight > 0.0 {
-                let mut hv = head.clone();
-                hv.load(out.join(STEM_HEAD_FILE))?;
-            }
+            load_weights(&varmap, &head, out, true)?;
             opt.load(&out.join("optimizer.safetensors"))?;
             step = st.step;
             elapsed = st.elapsed_secs;
             history = st.loss_history;
         } else if let Some(dir) = init_from {
-            let mut vm = varmap.clone();
-            let weights = dir.join("model.safetensors");
-            vm.load(&weights)
-                .map_err(|e| TrainError::Other(format!("{}: {e}", weights.display())))?;
-            // The object-shape head is training-only; a checkpoint written by a run that had
-            // one keeps it beside the model, otherwise it starts from zero.
-            let stem = dir.join(STEM_HEAD_FILE);
-            if config.stem_aux_weight > 0.0 && stem.is_file() {
-                let mut hv = head.clone();
-                hv.load(&stem)
-                    .map_err(|e| TrainError::Other(format!("{}: {e}", stem.display())))?;
-            }
+            load_weights(&varmap, &head, &dir, false)?;
         }
         let pre = PreprocessConfig {
             patch_size: config.spec.patch_size,
@@ -494,10 +496,12 @@ impl Trainer {
             tok,
             pre,
             config.batch,
-            config.per_image,
-            config.describe,
-            config.pair_counts,
-            config.pair_positions,
+            Turns {
+                per_image: config.per_image,
+                describe: config.describe,
+                pair_counts: config.pair_counts,
+                positions: config.pair_positions,
+            },
         )?)
     }
 
