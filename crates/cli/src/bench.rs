@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use clap::Args;
 use pixlm_models::{
-    ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput,
+    ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, QuantFormat, SeqInput,
 };
 use std::time::Instant;
 
@@ -103,6 +103,8 @@ pub(crate) fn text_config(shape: &str) -> Option<serde_json::Value> {
     };
     match shape {
         "qwen3-0.6b" => Some(base(1024, 28, 16, 8, 3072, true)),
+        // NEO-2B's language model (spec §11.1) as a plain Qwen3 stack, for `--vs-llama-cpp`.
+        "neo-2b-text" => Some(base(2048, 40, 16, 8, 6144, false)),
         "qwen3-30b-a3b-2l" => {
             let mut c = base(2048, 2, 32, 4, 6144, false);
             c["model_type"] = "qwen3_moe".into();
@@ -144,6 +146,19 @@ pub(crate) fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_byt
         total += attn + ffn;
     }
     total * linear_bytes + d * t.vocab_size as f64 * head_bytes // output head
+}
+
+/// Bytes per weight of the linear layers and of the output head at compute `dtype` with
+/// load-time `quant`: quantized linears store their GGUF blocks (Q8_0: 34 bytes per 32
+/// weights, Q4_K: 144 per 256); the head stays dense at `dtype`. (Layers too narrow for the
+/// block size stay dense; the NEO and Qwen3 shapes fit.)
+pub(crate) fn weight_bytes(dtype: DType, quant: Option<QuantFormat>) -> (f64, f64) {
+    let dense = dtype.size_in_bytes() as f64;
+    let linear = quant.map_or(dense, |q| {
+        let g = q.ggml();
+        g.type_size() as f64 / g.block_size() as f64
+    });
+    (linear, dense)
 }
 
 /// Read bandwidth of this machine now, in bytes/s: all threads summing a 1 GiB buffer.
@@ -328,18 +343,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(candle_core::utils::get_num_threads);
-    let dense = match opts.dtype {
-        DType::F32 => 4.0,
-        _ => 2.0,
-    };
-    // Quantized linears: Q8_0 stores 34 bytes per 32 weights, Q4_K 144 per 256; the head stays
-    // dense. (Layers too narrow for the block size stay dense; the NEO and Qwen3 shapes fit.)
-    let linear = match opts.quant {
-        Some(pixlm_models::QuantFormat::Q8_0) => 34.0 / 32.0,
-        Some(pixlm_models::QuantFormat::Q4K) => 144.0 / 256.0,
-        None => dense,
-    };
-    let bytes = active_weight_bytes(&cfg, linear, dense);
+    let (linear, head) = weight_bytes(opts.dtype, opts.quant);
+    let bytes = active_weight_bytes(&cfg, linear, head);
     let bw = read_bandwidth();
     let decode_tok_s = decode_tokens as f64 / decode_s.max(1e-9);
     let ceiling = bw / bytes;
@@ -396,4 +401,23 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bytes_follow_the_gguf_blocks_and_the_dense_head() {
+        assert_eq!(
+            weight_bytes(DType::F32, Some(QuantFormat::Q8_0)),
+            (34.0 / 32.0, 4.0)
+        );
+        assert_eq!(
+            weight_bytes(DType::F32, Some(QuantFormat::Q4K)),
+            (144.0 / 256.0, 4.0)
+        );
+        assert_eq!(weight_bytes(DType::BF16, None), (2.0, 2.0));
+        assert_eq!(weight_bytes(DType::F32, None), (4.0, 4.0));
+    }
 }

@@ -10,7 +10,9 @@
 //! Qwen3 forward (random weights from the same kind of generator). The read bandwidth is
 //! measured in the same run and gives each engine's fraction of the decode ceiling.
 
-use crate::bench::{active_weight_bytes, argmax, read_bandwidth, text_config, RandomWeights};
+use crate::bench::{
+    active_weight_bytes, argmax, read_bandwidth, text_config, weight_bytes, RandomWeights,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -25,63 +27,44 @@ pub struct Format {
     pub name: &'static str,
     /// `llama-quantize` type for the linear layers (`None`: the f32 file as written).
     llama_type: Option<&'static str>,
-    /// `llama-quantize` type for the token embedding and output head.
-    llama_head: &'static str,
-    /// pixlm's compute dtype and load-time quantization.
+    /// pixlm's compute dtype (also the type of the output head and token embedding, in both
+    /// engines) and load-time quantization.
     dtype: DType,
     quant: Option<QuantFormat>,
-    /// Bytes per weight of the linear layers and of the output head.
-    linear_bytes: f64,
-    head_bytes: f64,
 }
 
 pub const FORMATS: [Format; 5] = [
     Format {
         name: "f32",
         llama_type: None,
-        llama_head: "f32",
         dtype: DType::F32,
         quant: None,
-        linear_bytes: 4.0,
-        head_bytes: 4.0,
     },
     Format {
         name: "f16",
         llama_type: Some("F16"),
-        llama_head: "f16",
         dtype: DType::F16,
         quant: None,
-        linear_bytes: 2.0,
-        head_bytes: 2.0,
     },
     Format {
         name: "bf16",
         llama_type: Some("BF16"),
-        llama_head: "bf16",
         dtype: DType::BF16,
         quant: None,
-        linear_bytes: 2.0,
-        head_bytes: 2.0,
     },
     // pixlm keeps the output head dense at the compute dtype (f32) for quantized linears
     // (issue #6); llama.cpp is told to do the same.
     Format {
         name: "q8_0",
         llama_type: Some("Q8_0"),
-        llama_head: "f32",
         dtype: DType::F32,
         quant: Some(QuantFormat::Q8_0),
-        linear_bytes: 34.0 / 32.0,
-        head_bytes: 4.0,
     },
     Format {
         name: "q4_k",
         llama_type: Some("Q4_K"),
-        llama_head: "f32",
         dtype: DType::F32,
         quant: Some(QuantFormat::Q4K),
-        linear_bytes: 144.0 / 256.0,
-        head_bytes: 4.0,
     },
 ];
 
@@ -90,14 +73,7 @@ pub const FORMATS: [Format; 5] = [
 pub fn vs_config(shape: &str) -> Result<serde_json::Value> {
     match shape {
         "qwen3-0.6b" => text_config(shape).context("qwen3-0.6b config"),
-        "neo-2b" => {
-            let mut c = text_config("qwen3-0.6b").context("base config")?;
-            c["hidden_size"] = 2048.into();
-            c["num_hidden_layers"] = 40.into();
-            c["intermediate_size"] = 6144.into();
-            c["tie_word_embeddings"] = false.into();
-            Ok(c)
-        }
+        "neo-2b" => text_config("neo-2b-text").context("neo-2b-text config"),
         other => bail!("--vs-llama-cpp compares the shapes qwen3-0.6b and neo-2b, not {other}"),
     }
 }
@@ -303,8 +279,8 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
     };
     let out = Command::new(bin.join("llama-quantize"))
         .arg("--pure")
-        .args(["--token-embedding-type", f.llama_head])
-        .args(["--output-tensor-type", f.llama_head])
+        .args(["--token-embedding-type", f.dtype.as_str()])
+        .args(["--output-tensor-type", f.dtype.as_str()])
         .arg(src)
         .arg(dst)
         .arg(ty)
@@ -323,15 +299,14 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
 /// Tokens/s of pixlm's real forward at `cfg`: (prefill of `prompt` tokens, decode of `gen`
 /// tokens after a one-token prompt, as llama-bench's tg test does), means over `reps`.
 fn pixlm_bench(
-    cfg: &serde_json::Value,
+    cfg: &ModelConfig,
     f: &Format,
     prompt: usize,
     gen: usize,
     reps: usize,
 ) -> Result<(f64, f64)> {
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), Path::new("bench-config"))?;
     let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), f.dtype, Device::Cpu);
-    let (model, _) = Model::from_var_builder_quantized(&vb, &cfg, None, f.quant)?;
+    let (model, _) = Model::from_var_builder_quantized(&vb, cfg, None, f.quant)?;
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| 1000 + (i * 7919) % 100_000)
         .collect();
@@ -443,8 +418,9 @@ pub fn run(o: VsOptions) -> Result<i32> {
                 // Remade in seconds from the f32 file; the NEO-2B ones are gigabytes each.
                 std::fs::remove_file(&path).ok();
             }
-            let (ppp, ptg) = pixlm_bench(cfg, f, o.prompt, o.gen, o.reps)?;
-            let bytes = active_weight_bytes(&mc, f.linear_bytes, f.head_bytes);
+            let (ppp, ptg) = pixlm_bench(&mc, f, o.prompt, o.gen, o.reps)?;
+            let (linear, head) = weight_bytes(f.dtype, f.quant);
+            let bytes = active_weight_bytes(&mc, linear, head);
             let ceiling = bw / bytes;
             if o.json {
                 println!(
@@ -499,6 +475,11 @@ mod tests {
 
     #[test]
     fn gguf_has_llama_cpp_qwen3_layout() {
+        // The NEO-2B language model: 40 layers, hidden 2048, untied.
+        let neo = vs_config("neo-2b").unwrap();
+        assert_eq!(neo["num_hidden_layers"], 40);
+        assert_eq!(neo["hidden_size"], 2048);
+        assert_eq!(neo["tie_word_embeddings"], false);
         let mut cfg = vs_config("qwen3-0.6b").unwrap();
         for (k, v) in [
             ("hidden_size", 64),
