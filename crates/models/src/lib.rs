@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod kv;
 pub mod layers;
 pub mod neo;

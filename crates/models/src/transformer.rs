@@ -414,7 +414,11 @@ impl Backbone {
         } else {
             hn.index_select(&Tensor::from_slice(&rows, rows.len(), &self.device)?, 0)?
         };
-        let logits = sel.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logits = match crate::kernels::dense_matmul_t(&sel, &self.lm_head)? {
+            Some(l) => l,
+            None => sel.matmul(&self.lm_head.t()?)?,
+        }
+        .to_dtype(DType::F32)?;
         spans
             .into_iter()
             .map(|(start, len, want)| {

@@ -44,7 +44,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
     let (dense, r) = load(&dir, None);
     assert!(r.layers.is_empty(), "a dense load installs no loader");
     let reference = all_logits(&dense, &ids_, &images);
-    let ref_greedy = greedy(&dense, &ids_, &images, 6);
+    let (ref_greedy, ref_margins) = greedy_with_margins(&dense, &ids_, &images, 6);
     let cfg_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let cfg = ModelConfig::from_dir(&dir).unwrap();
     let f32_bytes = std::fs::metadata(dir.join("model.safetensors"))
@@ -126,11 +126,18 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
             d < 1e-4,
             "{fmt}: GGUF vs load-time quantization differ by {d}"
         );
-        // Greedy decoding runs from the file; with Q8_0 it matches f32 here.
+        // Greedy decoding runs from the file; with Q8_0 it picks f32's tokens for as long as
+        // f32's choice is clear (its top-2 logits further apart than Q8_0's logit error here,
+        // about 0.01): random weights make near-ties, where either token is right.
         let gen = greedy(&from_file, &ids_, &images, 6);
         assert_eq!(gen.len(), 6);
         if fmt == QuantFormat::Q8_0 {
-            assert_eq!(gen, ref_greedy);
+            let clear = ref_margins.iter().take_while(|&&m| m > 0.02).count();
+            assert!(
+                clear >= 3,
+                "f32's greedy path is too close to ties: {ref_margins:?}"
+            );
+            assert_eq!(gen[..clear], ref_greedy[..clear], "margins {ref_margins:?}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -285,9 +285,15 @@ impl Linear {
     /// x: (.., in) -> (.., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Dense(w) => Ok(candle_nn::Linear::new(w.clone(), None).forward(x)?),
+            Linear::Dense(w) => match crate::kernels::dense_matmul_t(x, w)? {
+                Some(y) => Ok(y),
+                None => Ok(candle_nn::Linear::new(w.clone(), None).forward(x)?),
+            },
             Linear::Quantized(q) => {
-                // The quantized kernel reads its input as one contiguous block.
+                if let Some(y) = crate::kernels::quantized_matmul_t(x, q)? {
+                    return Ok(y);
+                }
+                // candle's quantized kernel reads its input as one contiguous block.
                 let x = x.contiguous()?;
                 Ok(QMatMul::QTensor(q.clone()).forward(&x)?)
             }

@@ -157,8 +157,20 @@ pub fn all_logits(m: &Model, ids: &[u32], images: &[ImageInput]) -> Tensor {
 
 /// Greedy continuation of `ids` for `n` tokens.
 pub fn greedy(m: &Model, ids: &[u32], images: &[ImageInput], n: usize) -> Vec<u32> {
+    greedy_with_margins(m, ids, images, n).0
+}
+
+/// Greedy continuation of `ids` for `n` tokens, with each step's margin between its best and
+/// second-best logit (how large an error could flip that step's choice).
+pub fn greedy_with_margins(
+    m: &Model,
+    ids: &[u32],
+    images: &[ImageInput],
+    n: usize,
+) -> (Vec<u32>, Vec<f32>) {
     let mut cache = KvCache::new();
     let mut out = Vec::new();
+    let mut margins = Vec::new();
     let mut step: Vec<u32> = ids.to_vec();
     let mut imgs: &[ImageInput] = images;
     let mut decode = false;
@@ -178,19 +190,24 @@ pub fn greedy(m: &Model, ids: &[u32], images: &[ImageInput], n: usize) -> Vec<u3
             .pop()
             .unwrap()
             .unwrap();
-        let next = l
-            .squeeze(0)
-            .unwrap()
-            .argmax(0)
-            .unwrap()
-            .to_scalar::<u32>()
-            .unwrap();
+        let row: Vec<f32> = l.squeeze(0).unwrap().to_vec1().unwrap();
+        let (mut best, mut second) = ((f32::NEG_INFINITY, 0usize), f32::NEG_INFINITY);
+        for (i, &v) in row.iter().enumerate() {
+            if v > best.0 {
+                second = best.0;
+                best = (v, i);
+            } else if v > second {
+                second = v;
+            }
+        }
+        let next = best.1 as u32;
         out.push(next);
+        margins.push(best.0 - second);
         step = vec![next];
         imgs = &[];
         decode = true;
     }
-    out
+    (out, margins)
 }
 
 #[derive(Debug, Clone, Copy)]

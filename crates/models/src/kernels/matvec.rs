@@ -1,0 +1,367 @@
+//! Matrix-vector products for dense weights: `y = x · wᵀ` for a few rows of `x` (decode steps,
+//! one row per sequence), with `w` in f32, f16 or bf16 and everything summed in f32.
+//!
+//! Decode is bound by reading the weights, so the kernels stream each weight row once, widen
+//! f16/bf16 to f32 in registers (never a widened copy in memory, which is what candle does for
+//! bf16), and fuse four output rows per pass so each load of `x` serves four rows. The output
+//! rows are shared out over the thread pool ([`super::parallel_for`]); every output is one dot
+//! product summed in the same order whatever the thread count, so results do not depend on it.
+
+use half::{bf16, f16};
+
+/// Most rows of `x` the kernels take: past this a GEMM (candle's) re-uses each loaded weight
+/// across enough rows to beat streaming it once per row.
+pub const MAX_ROWS: usize = 8;
+
+/// A row-major `(n, k)` weight matrix in its stored type.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+impl Weights<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::F16(w) => w.len(),
+            Weights::BF16(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes_per_weight(&self) -> usize {
+        match self {
+            Weights::F32(_) => 4,
+            Weights::F16(_) | Weights::BF16(_) => 2,
+        }
+    }
+}
+
+/// The dot products of `x` (length `k`) with the `m` (1 to 4) weight rows starting at row `o0`.
+type Dot4 = fn(Weights, usize, usize, usize, &[f32]) -> [f32; 4];
+
+/// `y[r·n + o] = Σ_j x[r·k + j] · w[o·k + j]` for `rows` rows of `x`. Sizes that do not agree
+/// are refused (a caller's bug, never user input).
+pub fn matvec(
+    w: Weights,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    if w.len() != n * k || x.len() != rows * k || y.len() != rows * n {
+        return Err(format!(
+            "matvec sizes: weight {} for ({n}, {k}), x {} for {rows} rows, y {}",
+            w.len(),
+            x.len(),
+            y.len()
+        ));
+    }
+    if n == 0 || rows == 0 {
+        return Ok(());
+    }
+    let dot = dot4_kernel();
+    let out = SharedOut(y.as_mut_ptr());
+    let groups = n.div_ceil(4);
+    let body = |range: std::ops::Range<usize>| {
+        for g in range {
+            let o0 = g * 4;
+            let m = (n - o0).min(4);
+            for r in 0..rows {
+                let d = dot(w, o0, m, k, &x[r * k..(r + 1) * k]);
+                for (i, v) in d.iter().take(m).enumerate() {
+                    // SAFETY: r < rows and o0 + i < n, so the index is inside `y` (length
+                    // rows·n, checked above); group g alone writes outputs o0..o0+m, and each
+                    // group is handed to exactly one thread, so no two writes alias.
+                    unsafe { *out.ptr().add(r * n + o0 + i) = *v };
+                }
+            }
+        }
+    };
+    // Below ~64K weights the pool's wake-up costs more than the work.
+    if n * k < 1 << 16 {
+        body(0..groups);
+    } else {
+        super::parallel_for(groups, body);
+    }
+    Ok(())
+}
+
+/// `y`'s base pointer, shared by the threads that write disjoint parts of it.
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: the pointer is only written through at indices owned by one thread each (see
+// `matvec`), and `y` outlives the parallel loop that uses it.
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+impl SharedOut {
+    pub(crate) fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The fastest dot-product kernel this CPU runs.
+fn dot4_kernel() -> Dot4 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return avx2::dot4;
+        }
+    }
+    scalar::dot4
+}
+
+/// Rows `o0..o0+4` of the weights, the last one repeated when `m < 4` (so every pointer is in
+/// bounds and the extra results are ignored).
+fn row_starts(o0: usize, m: usize, k: usize) -> [usize; 4] {
+    let last = m.saturating_sub(1);
+    [o0, o0 + last.min(1), o0 + last.min(2), o0 + last.min(3)].map(|r| r * k)
+}
+
+pub(crate) mod scalar {
+    use super::{row_starts, Weights};
+
+    /// The portable kernel, and the reference the SIMD ones are tested against.
+    pub fn dot4(w: Weights, o0: usize, m: usize, k: usize, x: &[f32]) -> [f32; 4] {
+        let starts = row_starts(o0, m, k);
+        starts.map(|s| {
+            let mut acc = 0f32;
+            for (j, &xj) in x.iter().enumerate().take(k) {
+                let wj = match w {
+                    Weights::F32(v) => v[s + j],
+                    Weights::F16(v) => v[s + j].to_f32(),
+                    Weights::BF16(v) => v[s + j].to_f32(),
+                };
+                acc += wj * xj;
+            }
+            acc
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{row_starts, Weights};
+    use std::arch::x86_64::*;
+
+    pub fn dot4(w: Weights, o0: usize, m: usize, k: usize, x: &[f32]) -> [f32; 4] {
+        let s = row_starts(o0, m, k);
+        assert!(x.len() >= k && s[3] + k <= w.len(), "dot4 out of bounds");
+        // SAFETY: `dot4_kernel` hands this function out only after detecting avx2, fma and
+        // f16c; the assert above keeps every row `s[i]..s[i]+k` and `x[..k]` in bounds, which
+        // is all the kernels read.
+        unsafe {
+            match w {
+                Weights::F32(v) => dot4_f32(v.as_ptr(), s, k, x.as_ptr()),
+                Weights::F16(v) => dot4_f16(v.as_ptr().cast(), s, k, x.as_ptr()),
+                Weights::BF16(v) => dot4_bf16(v.as_ptr().cast(), s, k, x.as_ptr()),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+
+    /// bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_bf16(p: *const u16) -> __m256 {
+        let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    fn widen_f16(b: u16) -> f32 {
+        half::f16::from_bits(b).to_f32()
+    }
+
+    fn widen_bf16(b: u16) -> f32 {
+        half::bf16::from_bits(b).to_f32()
+    }
+
+    fn widen_f32(v: f32) -> f32 {
+        v
+    }
+
+    /// One kernel per stored type: 16 columns a step over 4 rows (8 accumulators), then the
+    /// columns left over one by one.
+    macro_rules! dot4_impl {
+        ($name:ident, $t:ty, $load:ident, $widen:ident) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(w: *const $t, s: [usize; 4], k: usize, x: *const f32) -> [f32; 4] {
+                let p = s.map(|o| w.add(o));
+                let mut a = [_mm256_setzero_ps(); 4];
+                let mut b = [_mm256_setzero_ps(); 4];
+                let mut j = 0;
+                while j + 16 <= k {
+                    let x0 = _mm256_loadu_ps(x.add(j));
+                    let x1 = _mm256_loadu_ps(x.add(j + 8));
+                    for i in 0..4 {
+                        a[i] = _mm256_fmadd_ps($load(p[i].add(j)), x0, a[i]);
+                        b[i] = _mm256_fmadd_ps($load(p[i].add(j + 8)), x1, b[i]);
+                    }
+                    j += 16;
+                }
+                if j + 8 <= k {
+                    let x0 = _mm256_loadu_ps(x.add(j));
+                    for i in 0..4 {
+                        a[i] = _mm256_fmadd_ps($load(p[i].add(j)), x0, a[i]);
+                    }
+                    j += 8;
+                }
+                let mut out = [0f32; 4];
+                for i in 0..4 {
+                    out[i] = hsum(_mm256_add_ps(a[i], b[i]));
+                }
+                while j < k {
+                    let xj = *x.add(j);
+                    for i in 0..4 {
+                        out[i] += $widen(*p[i].add(j)) * xj;
+                    }
+                    j += 1;
+                }
+                out
+            }
+        };
+    }
+
+    dot4_impl!(dot4_f32, f32, load_f32, widen_f32);
+    dot4_impl!(dot4_f16, u16, load_f16, widen_f16);
+    dot4_impl!(dot4_bf16, u16, load_bf16, widen_bf16);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64 → uniform in [-1, 1).
+    fn data(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The product in f64 from the weights as stored, and the sum of |terms| (the scale of
+    /// the rounding error an f32 sum may make).
+    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize) -> Vec<(f64, f64)> {
+        let mut y = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            for o in 0..n {
+                let (mut s, mut a) = (0f64, 0f64);
+                for j in 0..k {
+                    let t = w[o * k + j] as f64 * x[r * k + j] as f64;
+                    s += t;
+                    a += t.abs();
+                }
+                y.push((s, a));
+            }
+        }
+        y
+    }
+
+    fn check(kind: &str, w: Weights, w_f32: &[f32], n: usize, k: usize, rows: usize) {
+        let x = data(7 + k as u64, rows * k);
+        let want = reference(w_f32, n, k, &x, rows);
+        let mut y = vec![f32::NAN; rows * n];
+        matvec(w, n, k, &x, rows, &mut y).unwrap();
+        let mut y_scalar = vec![f32::NAN; rows * n];
+        for r in 0..rows {
+            for g in 0..n.div_ceil(4) {
+                let m = (n - g * 4).min(4);
+                let d = scalar::dot4(w, g * 4, m, k, &x[r * k..(r + 1) * k]);
+                y_scalar[r * n + g * 4..r * n + g * 4 + m].copy_from_slice(&d[..m]);
+            }
+        }
+        for (i, ((got, sc), (s, a))) in y.iter().zip(&y_scalar).zip(&want).enumerate() {
+            let tol = 1e-6 * a + 1e-6;
+            assert!(
+                (*got as f64 - s).abs() <= tol && (*sc as f64 - s).abs() <= tol,
+                "{kind} n={n} k={k} rows={rows} [{i}]: kernel {got}, scalar {sc}, want {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes() {
+        for &(n, k, rows) in &[
+            (1, 1, 1),
+            (3, 7, 1),
+            (4, 8, 2),
+            (5, 15, 3),
+            (9, 16, 1),
+            (13, 33, 8),
+            (64, 100, 4),
+            (257, 1029, 2),
+            (300, 256, 1),
+        ] {
+            let w = data(n as u64 * 31 + k as u64, n * k);
+            check("f32", Weights::F32(&w), &w, n, k, rows);
+            let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let hf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            check("f16", Weights::F16(&h), &hf, n, k, rows);
+            let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let bf: Vec<f32> = b.iter().map(|v| v.to_f32()).collect();
+            check("bf16", Weights::BF16(&b), &bf, n, k, rows);
+        }
+    }
+
+    #[test]
+    fn same_result_whatever_the_split() {
+        // Large enough to go through the pool; each output must equal its own single dot.
+        let (n, k, rows) = (1000, 96, 2);
+        let w: Vec<bf16> = data(5, n * k).iter().map(|&v| bf16::from_f32(v)).collect();
+        let x = data(6, rows * k);
+        let mut y = vec![0f32; rows * n];
+        matvec(Weights::BF16(&w), n, k, &x, rows, &mut y).unwrap();
+        let dot = dot4_kernel();
+        for r in 0..rows {
+            for o in 0..n {
+                let d = dot(Weights::BF16(&w), o, 1, k, &x[r * k..(r + 1) * k]);
+                assert_eq!(y[r * n + o].to_bits(), d[0].to_bits(), "row {r} out {o}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_sizes_that_disagree() {
+        let w = vec![0f32; 12];
+        let mut y = vec![0f32; 3];
+        assert!(matvec(Weights::F32(&w), 3, 4, &[0.0; 3], 1, &mut y).is_err());
+        assert!(matvec(Weights::F32(&w), 4, 4, &[0.0; 4], 1, &mut y).is_err());
+        assert!(matvec(Weights::F32(&w), 3, 4, &[0.0; 4], 1, &mut y).is_ok());
+    }
+}

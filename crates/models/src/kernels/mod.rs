@@ -1,0 +1,133 @@
+//! pixlm's own CPU kernels, used where a measurement shows candle is short of the hardware
+//! limit (issue #7, `pixlm bench --vs-llama-cpp`). Each has a portable fallback and is tested
+//! against a scalar reference; all run on candle's thread pool, so pixlm never has two pools
+//! competing for the cores.
+
+pub mod matvec;
+pub mod qmatvec;
+
+use crate::error::Result;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+
+/// Runs `f` over `0..n_items` in chunks on candle's thread pool (the calling thread takes part;
+/// `--threads` / `RAYON_NUM_THREADS` sizes it). Chunks are disjoint and cover the range once.
+pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
+    candle_core::utils::barrier_pool().execute_chunked(n_items, f)
+}
+
+/// `x · wᵀ` by [`matvec::matvec`] when it applies: both on the CPU, `w` a contiguous `(n, k)`
+/// f32/f16/bf16 matrix, at most [`matvec::MAX_ROWS`] rows in `x` (`(.., k)`), and no gradient
+/// wanted through either (training keeps candle's differentiable matmul). `None` otherwise,
+/// for the caller to use candle. The result has `x`'s dtype, like candle's.
+pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    if !matches!(x.device(), Device::Cpu) || !matches!(w.device(), Device::Cpu) {
+        return Ok(None);
+    }
+    if w.track_op() || x.track_op() {
+        return Ok(None);
+    }
+    let &[n, k] = w.dims() else {
+        return Ok(None);
+    };
+    let dims = x.dims();
+    if dims.last() != Some(&k) || k == 0 {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / k;
+    if rows == 0 || rows > matvec::MAX_ROWS {
+        return Ok(None);
+    }
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut y = vec![0f32; rows * n];
+    {
+        let (storage, layout) = w.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let weights = match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => matvec::Weights::F32(&v[start..end]),
+            Storage::Cpu(CpuStorage::F16(v)) => matvec::Weights::F16(&v[start..end]),
+            Storage::Cpu(CpuStorage::BF16(v)) => matvec::Weights::BF16(&v[start..end]),
+            _ => return Ok(None),
+        };
+        matvec::matvec(weights, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    }
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Ok(Some(
+        Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?,
+    ))
+}
+
+/// `x · wᵀ` for a Q8_0 or Q4_K `w` by [`qmatvec::qmatvec`], under the same conditions as
+/// [`dense_matmul_t`] (CPU, at most [`matvec::MAX_ROWS`] rows, no gradient); `None` otherwise.
+pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
+    let fmt = match w.dtype() {
+        GgmlDType::Q8_0 => qmatvec::QFormat::Q8_0,
+        GgmlDType::Q4K => qmatvec::QFormat::Q4K,
+        _ => return Ok(None),
+    };
+    if !matches!(x.device(), Device::Cpu) || !matches!(w.device(), Device::Cpu) || x.track_op() {
+        return Ok(None);
+    }
+    let &[n, k] = w.shape().dims() else {
+        return Ok(None);
+    };
+    let dims = x.dims();
+    if dims.last() != Some(&k) || k == 0 || !k.is_multiple_of(fmt.block()) {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / k;
+    if rows == 0 || rows > matvec::MAX_ROWS {
+        return Ok(None);
+    }
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut y = vec![0f32; rows * n];
+    let bytes = w.data()?;
+    qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Ok(Some(
+        Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_matmul_t_matches_candle_and_declines_what_it_does_not_do() {
+        let w = crate::seeded_randn(1, 0.1, &[37, 70]);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let w = w.to_dtype(dtype).unwrap();
+            let x = crate::seeded_randn(2, 1.0, &[1, 3, 70])
+                .to_dtype(dtype)
+                .unwrap();
+            let got = dense_matmul_t(&x, &w).unwrap().expect("taken");
+            assert_eq!(got.dims(), &[1, 3, 37]);
+            assert_eq!(got.dtype(), dtype);
+            let want = x
+                .to_dtype(DType::F32)
+                .unwrap()
+                .broadcast_matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 0.05 };
+            let d = crate::max_abs_diff(&got, &want).unwrap();
+            assert!(d < tol, "{dtype:?}: {d}");
+        }
+        // Too many rows, a transposed (non-contiguous) weight, a variable being trained.
+        let x9 = crate::seeded_randn(3, 1.0, &[9, 70]);
+        assert!(dense_matmul_t(&x9, &w).unwrap().is_none());
+        let wt = crate::seeded_randn(4, 1.0, &[70, 37]).t().unwrap();
+        let x1 = crate::seeded_randn(5, 1.0, &[1, 70]);
+        assert!(dense_matmul_t(&x1, &wt).unwrap().is_none());
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        assert!(dense_matmul_t(&x1, var.as_tensor()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,486 @@
+//! Matrix-vector products against GGUF-quantized weights (Q8_0, Q4_K) for a few rows of `x`,
+//! as llama.cpp computes them: `x` is quantized to int8 blocks once per call (Q8_0 blocks of
+//! 32 for Q8_0 weights, Q8_K blocks of 256 with their 16-value sums for Q4_K), and each weight
+//! block meets its `x` block in integer arithmetic, scaled to f32 once per block.
+//!
+//! The weights are read in their GGUF byte layout, straight from candle's `QTensor` storage:
+//! - Q8_0 (34 bytes per 32 weights): `d: f16`, then 32 `i8`; `w = d · q`.
+//! - Q4_K (144 bytes per 256 weights): `d: f16`, `dmin: f16`, 12 bytes packing eight 6-bit
+//!   scales and mins, then 128 bytes of 4-bit values; sub-block `j` (32 weights) has
+//!   `w = d · sc_j · q − dmin · m_j`. The 32-byte chunk `c` holds sub-block `2c` in its low
+//!   nibbles and `2c + 1` in its high ones.
+//!
+//! Like [`super::matvec`], four output rows share each pass over `x`, output rows are shared
+//! out over the thread pool, and every output is summed in one fixed order.
+
+use half::f16;
+
+pub const Q8_0_BLOCK: usize = 32;
+pub const Q8_0_BYTES: usize = 34;
+pub const QK_K: usize = 256;
+pub const Q4_K_BYTES: usize = 144;
+
+/// The quantized formats these kernels read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QFormat {
+    Q8_0,
+    Q4K,
+}
+
+impl QFormat {
+    pub fn block(self) -> usize {
+        match self {
+            QFormat::Q8_0 => Q8_0_BLOCK,
+            QFormat::Q4K => QK_K,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QFormat::Q8_0 => Q8_0_BYTES,
+            QFormat::Q4K => Q4_K_BYTES,
+        }
+    }
+}
+
+/// `x` quantized to int8 in blocks of `block`: `d[b]` the scale of block `b`, `q` the values,
+/// `sums[b·(block/16) + i]` the sum of its `i`-th 16 values (Q4_K's mins need them).
+#[derive(Debug, Clone)]
+pub struct QuantizedRow {
+    pub d: Vec<f32>,
+    pub q: Vec<i8>,
+    pub sums: Vec<i32>,
+}
+
+/// Symmetric int8 quantization of `x` in blocks of `block` (its length a multiple of it), as
+/// GGML's Q8_0 (`block` 32) and Q8_K (`block` 256) do it.
+pub fn quantize_row(x: &[f32], block: usize) -> QuantizedRow {
+    let nb = x.len() / block;
+    let mut d = Vec::with_capacity(nb);
+    let mut q = Vec::with_capacity(x.len());
+    let mut sums = Vec::with_capacity(x.len() / 16);
+    for blk in x.chunks_exact(block) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        // GGML's Q8_0 block (the type llama.cpp and candle quantize x to for Q8_0 weights)
+        // stores its scale as f16, Q8_K as f32: keep the same numbers they do.
+        d.push(if block == Q8_0_BLOCK {
+            f16::from_f32(scale).to_f32()
+        } else {
+            scale
+        });
+        for v in blk {
+            q.push((v * inv).round().clamp(-127.0, 127.0) as i8);
+        }
+        let start = q.len() - block;
+        for g in q[start..].chunks_exact(16) {
+            sums.push(g.iter().map(|&v| v as i32).sum());
+        }
+    }
+    QuantizedRow { d, q, sums }
+}
+
+/// Q4_K's packed 6-bit scale and min of sub-block `j` (0..8).
+pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// The dot products of one quantized `x` row with the `m` (1 to 4) weight rows from `o0`.
+type QDot4 = fn(QFormat, &[u8], usize, usize, usize, &QuantizedRow) -> [f32; 4];
+
+/// `y[r·n + o] = Σ_j x[r·k + j] · w[o, j]` for quantized `w` (`n` rows of `k / block` blocks,
+/// GGUF bytes). `k` must be a multiple of the format's block; sizes that disagree are refused.
+pub fn qmatvec(
+    fmt: QFormat,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    let block = fmt.block();
+    if !k.is_multiple_of(block)
+        || w.len() != n * (k / block) * fmt.block_bytes()
+        || x.len() != rows * k
+        || y.len() != rows * n
+    {
+        return Err(format!(
+            "qmatvec sizes: {fmt:?} weight {} bytes for ({n}, {k}), x {} for {rows} rows, y {}",
+            w.len(),
+            x.len(),
+            y.len()
+        ));
+    }
+    if n == 0 || rows == 0 {
+        return Ok(());
+    }
+    let xq: Vec<QuantizedRow> = x.chunks_exact(k).map(|r| quantize_row(r, block)).collect();
+    let dot = qdot4_kernel();
+    let out = super::matvec::SharedOut(y.as_mut_ptr());
+    let row_bytes = (k / block) * fmt.block_bytes();
+    let body = |range: std::ops::Range<usize>| {
+        for g in range {
+            let o0 = g * 4;
+            let m = (n - o0).min(4);
+            for (r, xr) in xq.iter().enumerate() {
+                let d = dot(fmt, w, row_bytes, o0, m, xr);
+                for (i, v) in d.iter().take(m).enumerate() {
+                    // SAFETY: r < rows and o0 + i < n index inside `y` (length rows·n, checked
+                    // above); only group g writes outputs o0..o0+m and each group goes to one
+                    // thread, so writes never alias.
+                    unsafe { *out.ptr().add(r * n + o0 + i) = *v };
+                }
+            }
+        }
+    };
+    let groups = n.div_ceil(4);
+    if w.len() < 1 << 16 {
+        body(0..groups);
+    } else {
+        super::parallel_for(groups, body);
+    }
+    Ok(())
+}
+
+fn qdot4_kernel() -> QDot4 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return avx2::qdot4;
+        }
+    }
+    scalar::qdot4
+}
+
+/// Byte offsets of weight rows `o0..o0+4`, the last repeated when `m < 4`.
+fn row_offsets(o0: usize, m: usize, row_bytes: usize) -> [usize; 4] {
+    let last = m.saturating_sub(1);
+    [o0, o0 + last.min(1), o0 + last.min(2), o0 + last.min(3)].map(|r| r * row_bytes)
+}
+
+pub(crate) mod scalar {
+    use super::*;
+
+    /// The portable kernel and the reference for the SIMD one: the same integer sums per
+    /// block, scaled in the same order.
+    pub fn qdot4(
+        fmt: QFormat,
+        w: &[u8],
+        row_bytes: usize,
+        o0: usize,
+        m: usize,
+        x: &QuantizedRow,
+    ) -> [f32; 4] {
+        row_offsets(o0, m, row_bytes).map(|off| {
+            let row = &w[off..off + row_bytes];
+            match fmt {
+                QFormat::Q8_0 => dot_q8_0(row, x),
+                QFormat::Q4K => dot_q4k(row, x),
+            }
+        })
+    }
+
+    fn dot_q8_0(row: &[u8], x: &QuantizedRow) -> f32 {
+        let mut acc = 0f32;
+        for (b, blk) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            let isum: i32 = blk[2..]
+                .iter()
+                .zip(&x.q[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK])
+                .map(|(&wq, &xq)| (wq as i8 as i32) * xq as i32)
+                .sum();
+            acc += f16_at(blk, 0) * x.d[b] * isum as f32;
+        }
+        acc
+    }
+
+    fn dot_q4k(row: &[u8], x: &QuantizedRow) -> f32 {
+        let mut acc = 0f32;
+        for (b, blk) in row.chunks_exact(Q4_K_BYTES).enumerate() {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let scales = &blk[4..16];
+            let qs = &blk[16..];
+            let xq = &x.q[b * QK_K..(b + 1) * QK_K];
+            let (mut isum, mut msum) = (0i32, 0i32);
+            for j in 0..8 {
+                let (sc, mn) = scale_min_k4(j, scales);
+                let chunk = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+                let shift = if j % 2 == 0 { 0 } else { 4 };
+                let s: i32 = chunk
+                    .iter()
+                    .zip(&xq[j * 32..j * 32 + 32])
+                    .map(|(&v, &xv)| ((v >> shift) & 0x0F) as i32 * xv as i32)
+                    .sum();
+                isum += sc as i32 * s;
+                msum += mn as i32 * (x.sums[b * 16 + 2 * j] + x.sums[b * 16 + 2 * j + 1]);
+            }
+            acc += x.d[b] * (d * isum as f32 - dmin * msum as f32);
+        }
+        acc
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub fn qdot4(
+        fmt: QFormat,
+        w: &[u8],
+        row_bytes: usize,
+        o0: usize,
+        m: usize,
+        x: &QuantizedRow,
+    ) -> [f32; 4] {
+        let offs = row_offsets(o0, m, row_bytes);
+        let nb = row_bytes / fmt.block_bytes();
+        assert!(
+            offs[3] + row_bytes <= w.len()
+                && x.q.len() >= nb * fmt.block()
+                && x.d.len() >= nb
+                && x.sums.len() >= nb * fmt.block() / 16,
+            "qdot4 out of bounds"
+        );
+        // SAFETY: `qdot4_kernel` returns this function only after detecting avx2, fma and
+        // f16c; the assert keeps the four rows (`offs[i]..offs[i]+row_bytes`) and the `nb`
+        // blocks of `x` the kernels read in bounds.
+        unsafe {
+            match fmt {
+                QFormat::Q8_0 => q8_0(w.as_ptr(), offs, nb, x),
+                QFormat::Q4K => q4k(w.as_ptr(), offs, nb, x),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_to_f32(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            u16::from_le_bytes([*p, *p.add(1)]) as i32,
+        )))
+    }
+
+    /// 32 signed bytes times 32 signed bytes, summed in pairs to 8 i32 lanes: `maddubs` wants
+    /// one unsigned side, so take |w| and move w's sign onto x.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_i8(w: __m256i, x: __m256i) -> __m256i {
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0(w: *const u8, offs: [usize; 4], nb: usize, x: &QuantizedRow) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..nb {
+            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * Q8_0_BLOCK).cast());
+            let dx = *x.d.get_unchecked(b);
+            for i in 0..4 {
+                let blk = w.add(offs[i] + b * Q8_0_BYTES);
+                let wv = _mm256_loadu_si256(blk.add(2).cast());
+                let s = _mm256_cvtepi32_ps(dot_i8(wv, xv));
+                let scale = _mm256_set1_ps(f16_to_f32(blk) * dx);
+                acc[i] = _mm256_fmadd_ps(scale, s, acc[i]);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k(w: *const u8, offs: [usize; 4], nb: usize, x: &QuantizedRow) -> [f32; 4] {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        let low = _mm256_set1_epi8(0x0F);
+        for b in 0..nb {
+            let xq = x.q.as_ptr().add(b * QK_K);
+            let dx = *x.d.get_unchecked(b);
+            let sums = x.sums.as_ptr().add(b * 16);
+            let xs: [__m256i; 8] =
+                std::array::from_fn(|j| _mm256_loadu_si256(xq.add(j * 32).cast()));
+            for i in 0..4 {
+                let blk = w.add(offs[i] + b * Q4_K_BYTES);
+                let d = f16_to_f32(blk);
+                let dmin = f16_to_f32(blk.add(2));
+                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let qs = blk.add(16);
+                let mut isum = _mm256_setzero_si256();
+                let mut msum = 0i32;
+                for c in 0..4 {
+                    let q4 = _mm256_loadu_si256(qs.add(c * 32).cast());
+                    let lo = _mm256_and_si256(q4, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low);
+                    let (sc0, m0) = scale_min_k4(2 * c, scales);
+                    let (sc1, m1) = scale_min_k4(2 * c + 1, scales);
+                    // 0..15 times -127..127 summed in pairs fits i16; then times the scale.
+                    let p0 = _mm256_maddubs_epi16(lo, xs[2 * c]);
+                    let p1 = _mm256_maddubs_epi16(hi, xs[2 * c + 1]);
+                    isum = _mm256_add_epi32(
+                        isum,
+                        _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16)),
+                    );
+                    isum = _mm256_add_epi32(
+                        isum,
+                        _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16)),
+                    );
+                    let s0 = *sums.add(4 * c) + *sums.add(4 * c + 1);
+                    let s1 = *sums.add(4 * c + 2) + *sums.add(4 * c + 3);
+                    msum += m0 as i32 * s0 + m1 as i32 * s1;
+                }
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc[i]);
+                mins[i] += dmin * dx * msum as f32;
+            }
+        }
+        let mut out = [0f32; 4];
+        for i in 0..4 {
+            out[i] = hsum(acc[i]) - mins[i];
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn weights(seed: u64, n: usize, k: usize, fmt: QFormat) -> (Vec<u8>, Vec<f32>) {
+        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
+        let dtype = match fmt {
+            QFormat::Q8_0 => GgmlDType::Q8_0,
+            QFormat::Q4K => GgmlDType::Q4K,
+        };
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let deq: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q.data().unwrap().into_owned(), deq)
+    }
+
+    fn x_rows(seed: u64, rows: usize, k: usize) -> Vec<f32> {
+        crate::seeded_randn(seed, 1.0, &[rows, k])
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Exact product of candle's dequantized weights with our quantized-then-dequantized x:
+    /// what the kernels compute, up to f32 rounding. This also checks that the block layout
+    /// read here is the one candle writes.
+    fn reference(
+        deq: &[f32],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        rows: usize,
+        block: usize,
+    ) -> Vec<f64> {
+        let mut y = Vec::new();
+        for r in 0..rows {
+            let xq = quantize_row(&x[r * k..(r + 1) * k], block);
+            let xd: Vec<f64> = (0..k)
+                .map(|j| xq.q[j] as f64 * xq.d[j / block] as f64)
+                .collect();
+            for o in 0..n {
+                y.push((0..k).map(|j| deq[o * k + j] as f64 * xd[j]).sum());
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn kernels_match_the_dequantized_product() {
+        for fmt in [QFormat::Q8_0, QFormat::Q4K] {
+            for &(n, blocks, rows) in &[(1, 1, 1), (3, 2, 2), (5, 3, 1), (130, 4, 3), (600, 2, 8)] {
+                let k = blocks * fmt.block();
+                let (w, deq) = weights(n as u64 + 17, n, k, fmt);
+                let x = x_rows(n as u64 + 3, rows, k);
+                let want = reference(&deq, n, k, &x, rows, fmt.block());
+                let mut y = vec![f32::NAN; rows * n];
+                qmatvec(fmt, &w, n, k, &x, rows, &mut y).unwrap();
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
+                for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-4 * scale,
+                        "{fmt:?} n={n} k={k} rows={rows} [{i}]: {got} vs {want}"
+                    );
+                }
+                // The SIMD kernel and the scalar one agree to f32 rounding.
+                let row_bytes = k / fmt.block() * fmt.block_bytes();
+                let xq = quantize_row(&x[..k], fmt.block());
+                for g in 0..n.div_ceil(4) {
+                    let m = (n - 4 * g).min(4);
+                    let a = scalar::qdot4(fmt, &w, row_bytes, 4 * g, m, &xq);
+                    let b = qdot4_kernel()(fmt, &w, row_bytes, 4 * g, m, &xq);
+                    for i in 0..m {
+                        assert!((a[i] - b[i]).abs() <= 1e-4 * scale as f32, "{a:?} {b:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn close_to_the_f32_product() {
+        // int8 activations cost a little accuracy against f32 x: bounded here.
+        let (n, k) = (64, 512);
+        for fmt in [QFormat::Q8_0, QFormat::Q4K] {
+            let (w, deq) = weights(9, n, k, fmt);
+            let x = x_rows(10, 1, k);
+            let mut y = vec![0f32; n];
+            qmatvec(fmt, &w, n, k, &x, 1, &mut y).unwrap();
+            let wt = Tensor::from_vec(deq, (n, k), &Device::Cpu).unwrap();
+            let xt = Tensor::from_vec(x, (1, k), &Device::Cpu).unwrap();
+            let want: Vec<f32> = xt
+                .matmul(&wt.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() < 0.02 * scale, "{fmt:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_sizes_that_disagree() {
+        let mut y = vec![0f32; 2];
+        let w = vec![0u8; 2 * Q8_0_BYTES];
+        assert!(qmatvec(QFormat::Q8_0, &w, 2, 32, &[0.0; 32], 1, &mut y).is_ok());
+        assert!(qmatvec(QFormat::Q8_0, &w, 2, 33, &[0.0; 33], 1, &mut y).is_err());
+        assert!(qmatvec(QFormat::Q4K, &w, 2, 32, &[0.0; 32], 1, &mut y).is_err());
+    }
+}
