@@ -209,42 +209,40 @@ mod avx2 {
         v
     }
 
-    /// One kernel per stored type: 16 columns a step over 4 rows (8 accumulators), then the
-    /// columns left over one by one.
+    /// One kernel per stored type. The four rows are read one after the other (they are
+    /// adjacent in memory, so the whole matrix is one sequential stream the hardware
+    /// prefetcher follows; interleaving four rows measured 1.6x slower at f16), 32 columns a
+    /// step into 4 accumulators, then the columns left over one by one. `x` stays in L1.
     macro_rules! dot4_impl {
         ($name:ident, $t:ty, $load:ident, $widen:ident) => {
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn $name(w: *const $t, s: [usize; 4], k: usize, x: *const f32) -> [f32; 4] {
-                let p = s.map(|o| w.add(o));
-                let mut a = [_mm256_setzero_ps(); 4];
-                let mut b = [_mm256_setzero_ps(); 4];
-                let mut j = 0;
-                while j + 16 <= k {
-                    let x0 = _mm256_loadu_ps(x.add(j));
-                    let x1 = _mm256_loadu_ps(x.add(j + 8));
-                    for i in 0..4 {
-                        a[i] = _mm256_fmadd_ps($load(p[i].add(j)), x0, a[i]);
-                        b[i] = _mm256_fmadd_ps($load(p[i].add(j + 8)), x1, b[i]);
-                    }
-                    j += 16;
-                }
-                if j + 8 <= k {
-                    let x0 = _mm256_loadu_ps(x.add(j));
-                    for i in 0..4 {
-                        a[i] = _mm256_fmadd_ps($load(p[i].add(j)), x0, a[i]);
-                    }
-                    j += 8;
-                }
                 let mut out = [0f32; 4];
                 for i in 0..4 {
-                    out[i] = hsum(_mm256_add_ps(a[i], b[i]));
-                }
-                while j < k {
-                    let xj = *x.add(j);
-                    for i in 0..4 {
-                        out[i] += $widen(*p[i].add(j)) * xj;
+                    let p = w.add(s[i]);
+                    let mut a = [_mm256_setzero_ps(); 4];
+                    let mut j = 0;
+                    while j + 32 <= k {
+                        for u in 0..4 {
+                            let xv = _mm256_loadu_ps(x.add(j + 8 * u));
+                            a[u] = _mm256_fmadd_ps($load(p.add(j + 8 * u)), xv, a[u]);
+                        }
+                        j += 32;
                     }
-                    j += 1;
+                    while j + 8 <= k {
+                        let xv = _mm256_loadu_ps(x.add(j));
+                        a[0] = _mm256_fmadd_ps($load(p.add(j)), xv, a[0]);
+                        j += 8;
+                    }
+                    let mut acc = hsum(_mm256_add_ps(
+                        _mm256_add_ps(a[0], a[1]),
+                        _mm256_add_ps(a[2], a[3]),
+                    ));
+                    while j < k {
+                        acc += $widen(*p.add(j)) * *x.add(j);
+                        j += 1;
+                    }
+                    out[i] = acc;
                 }
                 out
             }

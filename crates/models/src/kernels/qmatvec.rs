@@ -294,35 +294,38 @@ mod avx2 {
         _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
     }
 
+    // Both kernels read their four rows one after the other: adjacent rows make the matrix one
+    // sequential stream for the hardware prefetcher (interleaving rows measured much slower).
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0(w: *const u8, offs: [usize; 4], nb: usize, x: &QuantizedRow) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for b in 0..nb {
-            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * Q8_0_BLOCK).cast());
-            let dx = *x.d.get_unchecked(b);
-            for i in 0..4 {
+        let mut out = [0f32; 4];
+        for i in 0..4 {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for b in 0..nb {
+                let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * Q8_0_BLOCK).cast());
                 let blk = w.add(offs[i] + b * Q8_0_BYTES);
                 let wv = _mm256_loadu_si256(blk.add(2).cast());
                 let s = _mm256_cvtepi32_ps(dot_i8(wv, xv));
-                let scale = _mm256_set1_ps(f16_to_f32(blk) * dx);
-                acc[i] = _mm256_fmadd_ps(scale, s, acc[i]);
+                let scale = _mm256_set1_ps(f16_to_f32(blk) * *x.d.get_unchecked(b));
+                acc[b % 2] = _mm256_fmadd_ps(scale, s, acc[b % 2]);
             }
+            out[i] = hsum(_mm256_add_ps(acc[0], acc[1]));
         }
-        acc.map(|a| hsum(a))
+        out
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4k(w: *const u8, offs: [usize; 4], nb: usize, x: &QuantizedRow) -> [f32; 4] {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut mins = [0f32; 4];
         let low = _mm256_set1_epi8(0x0F);
-        for b in 0..nb {
-            let xq = x.q.as_ptr().add(b * QK_K);
-            let dx = *x.d.get_unchecked(b);
-            let sums = x.sums.as_ptr().add(b * 16);
-            let xs: [__m256i; 8] =
-                std::array::from_fn(|j| _mm256_loadu_si256(xq.add(j * 32).cast()));
-            for i in 0..4 {
+        let mut out = [0f32; 4];
+        for i in 0..4 {
+            let mut acc = _mm256_setzero_ps();
+            let mut mins = 0f32;
+            for b in 0..nb {
+                let xq = x.q.as_ptr().add(b * QK_K);
+                let dx = *x.d.get_unchecked(b);
+                let sums = x.sums.as_ptr().add(b * 16);
                 let blk = w.add(offs[i] + b * Q4_K_BYTES);
                 let d = f16_to_f32(blk);
                 let dmin = f16_to_f32(blk.add(2));
@@ -337,8 +340,10 @@ mod avx2 {
                     let (sc0, m0) = scale_min_k4(2 * c, scales);
                     let (sc1, m1) = scale_min_k4(2 * c + 1, scales);
                     // 0..15 times -127..127 summed in pairs fits i16; then times the scale.
-                    let p0 = _mm256_maddubs_epi16(lo, xs[2 * c]);
-                    let p1 = _mm256_maddubs_epi16(hi, xs[2 * c + 1]);
+                    let x0 = _mm256_loadu_si256(xq.add(64 * c).cast());
+                    let x1 = _mm256_loadu_si256(xq.add(64 * c + 32).cast());
+                    let p0 = _mm256_maddubs_epi16(lo, x0);
+                    let p1 = _mm256_maddubs_epi16(hi, x1);
                     isum = _mm256_add_epi32(
                         isum,
                         _mm256_madd_epi16(p0, _mm256_set1_epi16(sc0 as i16)),
@@ -351,13 +356,10 @@ mod avx2 {
                     let s1 = *sums.add(4 * c + 2) + *sums.add(4 * c + 3);
                     msum += m0 as i32 * s0 + m1 as i32 * s1;
                 }
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc[i]);
-                mins[i] += dmin * dx * msum as f32;
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
+                mins += dmin * dx * msum as f32;
             }
-        }
-        let mut out = [0f32; 4];
-        for i in 0..4 {
-            out[i] = hsum(acc[i]) - mins[i];
+            out[i] = hsum(acc) - mins;
         }
         out
     }
