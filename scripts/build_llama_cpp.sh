@@ -20,12 +20,13 @@ SDIST="llama_cpp_python-$VERSION.tar.gz"
 if [ ! -f "sdist/$SDIST" ]; then
   mkdir -p sdist
   # The sdist's address from PyPI's JSON API (pip download would build its build-time
-  # dependencies from source first).
+  # dependencies from source first). The project document, not the per-version one: some
+  # mirrors serve only the former.
   URL=$(python3 - "$VERSION" <<'PY'
 import json, sys, urllib.parse, urllib.request
-api = f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json"
+api = "https://pypi.org/pypi/llama-cpp-python/json"
 meta = json.load(urllib.request.urlopen(api))
-for f in meta["urls"]:
+for f in meta["releases"].get(sys.argv[1], []):
     if f["packagetype"] == "sdist":
         print(urllib.parse.urljoin(api, f["url"]))
         break

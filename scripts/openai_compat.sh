@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `pixlm serve` against the official `openai` Python package: creates a venv (reused from
 # $PIXLM_VENV or target/openai-venv), installs openai, starts the server on a free port with
-# the neo-tiny fixture model and runs scripts/openai_compat.py. Not part of CI (needs PyPI).
+# the neo-tiny fixture model and runs scripts/openai_compat.py. .ci/run calls it after the tests.
 # Usage: scripts/openai_compat.sh [path/to/pixlm]   (default: target/release/pixlm)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 //! `pixlm serve`: the OpenAI-compatible HTTP server (see the `pixlm-server` crate).
 
 use crate::common::{resolve_model, ComputeArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use pixlm_engine::Engine;
 use pixlm_server::ServerConfig;
@@ -26,9 +26,17 @@ pub struct ServeArgs {
     /// also name the directory, or omit the model.
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Fetch http(s) image URLs (not implemented: such requests get a 400).
+    /// Fetch http(s) image URLs given in requests (off by default: only data: URLs are
+    /// accepted). Each fetch is limited by --remote-image-max-mb and
+    /// --remote-image-timeout-secs, follows at most 3 redirects and needs HTTP 200.
     #[arg(long)]
     pub allow_remote_images: bool,
+    /// Largest remote image accepted, in MiB.
+    #[arg(long, default_value_t = 20)]
+    pub remote_image_max_mb: usize,
+    /// Seconds one remote image may take to fetch.
+    #[arg(long, default_value_t = 10)]
+    pub remote_image_timeout_secs: u64,
     /// Requests allowed to wait for a slot; past this the server answers 429.
     #[arg(long, default_value_t = 64)]
     pub queue_size: usize,
@@ -59,6 +67,14 @@ pub struct ServeArgs {
     /// Response cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub response_cache_mb: usize,
+    /// Turn off the prefix cache (the keys and values of finished requests, reused by a prompt
+    /// that starts the same way: the next turn of a chat about the same image skips
+    /// re-encoding it).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Prefix cache size in MiB of keys and values.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_mb: usize,
     /// Seconds running requests may take to finish after ctrl-c or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
@@ -67,9 +83,6 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<i32> {
-    if a.allow_remote_images {
-        bail!("--allow-remote-images is not implemented yet: send images as data: URLs");
-    }
     let dir = resolve_model(&a.model)?;
     let opts = a.compute.load_options()?;
     let engine =
@@ -91,6 +104,14 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         response_cache: !a.no_response_cache,
         cache_entries: a.response_cache_entries,
         cache_bytes: a.response_cache_mb << 20,
+        prefix_entries: if a.no_prefix_cache { 0 } else { 64 },
+        prefix_bytes: a.prefix_cache_mb << 20,
+        remote_images: a
+            .allow_remote_images
+            .then(|| pixlm_server::remote::RemoteLimits {
+                max_bytes: a.remote_image_max_mb << 20,
+                timeout: Duration::from_secs(a.remote_image_timeout_secs),
+            }),
         grace: Duration::from_secs(a.grace_secs),
         max_images: a.max_images,
         max_image_side: a.max_image_side,

@@ -42,6 +42,57 @@ impl KvCache {
         &self.key_t
     }
 
+    /// Bytes of keys and values held, over all layers.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// A cache of this one's first `len` tokens (views of the same keys and values, which are
+    /// never written in place: appending makes new tensors), continuing after the token
+    /// `last_id` at position `len - 1`. Errors when `len` is 0 or past the end.
+    pub fn prefix(&self, len: usize, last_id: u32) -> candle_core::Result<KvCache> {
+        if len == 0 || len > self.len() {
+            candle_core::bail!("prefix of {len} tokens of a {}-token cache", self.len());
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.narrow(1, 0, len)?, v.narrow(1, 0, len)?))),
+                None => Ok(None),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let key_t = self.key_t[..len].to_vec();
+        Ok(KvCache {
+            layers,
+            last_t: key_t[len - 1],
+            key_t,
+            last_id: Some(last_id),
+        })
+    }
+
+    /// A one-layer cache of `n` tokens at positions 0..n with zero keys and values (for
+    /// tests of code that stores caches).
+    #[doc(hidden)]
+    pub fn filled_for_tests(n: usize) -> KvCache {
+        let z = Tensor::zeros(
+            (1, n, 2),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .ok();
+        KvCache {
+            layers: vec![z.map(|z| (z.clone(), z))],
+            key_t: (0..n as i64).collect(),
+            last_t: n as i64 - 1,
+            last_id: None,
+        }
+    }
+
     /// Appends this step's keys (n_kv, n, dk) and values (n_kv, n, dv) for `layer`, returning
     /// the whole cache of that layer.
     pub(crate) fn append(

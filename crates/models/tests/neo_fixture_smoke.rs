@@ -194,3 +194,54 @@ fn packed_batch_of_three_equals_each_alone() {
         );
     }
 }
+
+/// A cache cut back to a prefix (what the server's prefix cache reuses) and continued with the
+/// rest of the prompt gives the logits of the whole prompt prefilled at once, for a cut after
+/// an image (the image is not re-encoded) and for a cut that drops tokens the cache holds.
+#[test]
+fn prefix_of_a_cache_continues_like_a_full_prefill() {
+    let Some(fx) = fixtures() else {
+        eprintln!("fixtures not found; skipping");
+        return;
+    };
+    let dir = fx.join("neo-tiny/model");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let sp = NeoSpecialIds {
+        img_start: 151670,
+        img_end: 151671,
+        img_context: 151669,
+    };
+    let model = Model::load(&dir, &cfg, Some(sp), &Default::default()).unwrap();
+    let (ids, images) = case_inputs(&fx, "single_image");
+    let prefill = |ids: &[u32], images: &[ImageInput], cache: &mut KvCache| {
+        model
+            .forward(
+                &mut [SeqInput {
+                    ids,
+                    images,
+                    decode: false,
+                    cache,
+                    logits: LogitsWanted::Last,
+                }],
+                None,
+            )
+            .unwrap()[0]
+            .clone()
+            .unwrap()
+    };
+    let full = prefill(&ids, &images, &mut KvCache::new());
+    let end = ids.iter().position(|&i| i == sp.img_end).unwrap() + 1;
+    assert!(end + 4 < ids.len(), "the case has text after its image");
+    // The first `end + 3` tokens (image included) in a cache, cut back to `end + 1`.
+    let mut first = KvCache::new();
+    prefill(&ids[..end + 3], &images, &mut first);
+    let cut = first.prefix(end + 1, ids[end]).unwrap();
+    assert_eq!(cut.len(), end + 1);
+    assert_eq!(first.len(), end + 3, "the source cache is left as it was");
+    let mut cont = cut.clone();
+    let rest = prefill(&ids[end + 1..], &[], &mut cont);
+    let d = maxdiff(&rest, &full);
+    assert!(d < 1e-4, "continued from a prefix: {d}");
+    assert_eq!(cont.len(), ids.len());
+    assert!(first.prefix(0, 1).is_err() && first.prefix(end + 4, 1).is_err());
+}

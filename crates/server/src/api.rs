@@ -111,8 +111,6 @@ impl IntoResponse for ApiError {
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    /// The messages as sent (images included as their data URLs), for the response cache key.
-    pub messages_json: Value,
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
@@ -192,6 +190,12 @@ fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiErr
 /// Parses and validates a request body. Everything but the prompt itself (template, images,
 /// context length: `Engine::prepare`) is checked here.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_chat_request_with(body, false)
+}
+
+/// [`parse_chat_request`], accepting `http(s)` image URLs when `remote_images` (the server
+/// fetches them before preparing the prompt: `remote::resolve`).
+pub fn parse_chat_request_with(body: &[u8], remote_images: bool) -> Result<ChatRequest, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad("", format!("the request body is not valid JSON: {e}"))
             .with_code("invalid_json")
@@ -213,7 +217,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let messages_json = obj.get("messages").cloned().ok_or_else(|| {
         ApiError::bad("messages", "'messages' is required").with_code("missing_required_parameter")
     })?;
-    let messages = parse_messages(&messages_json)?;
+    let messages = parse_messages(&messages_json, remote_images)?;
 
     let max_tokens = match opt_int(obj, "max_completion_tokens")? {
         Some(x) => Some(("max_completion_tokens", x)),
@@ -335,7 +339,6 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     Ok(ChatRequest {
         model,
         messages,
-        messages_json,
         max_tokens,
         sampling,
         stop,
@@ -345,7 +348,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     })
 }
 
-fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
+fn parse_messages(v: &Value, remote_images: bool) -> Result<Vec<ChatMessage>, ApiError> {
     let Value::Array(items) = v else {
         return Err(wrong_type("messages", "an array of messages", v));
     };
@@ -379,7 +382,11 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
             Some(Value::Array(parts)) => {
                 let mut ps = Vec::with_capacity(parts.len());
                 for (j, p) in parts.iter().enumerate() {
-                    ps.push(parse_part(p, &format!("{here}.content[{j}]"))?);
+                    ps.push(parse_part(
+                        p,
+                        &format!("{here}.content[{j}]"),
+                        remote_images,
+                    )?);
                 }
                 Content::Parts(ps)
             }
@@ -402,7 +409,7 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
-fn parse_part(p: &Value, here: &str) -> Result<Part, ApiError> {
+fn parse_part(p: &Value, here: &str, remote_images: bool) -> Result<Part, ApiError> {
     let Value::Object(o) = p else {
         return Err(wrong_type(here, "an object", p));
     };
@@ -449,11 +456,16 @@ fn parse_part(p: &Value, here: &str) -> Result<Part, ApiError> {
                 }
             };
             let param = format!("{here}.image_url.url");
-            if url.starts_with("http://") || url.starts_with("https://") {
+            if crate::remote::is_remote(&url) {
+                if remote_images {
+                    return Ok(Part::ImageUrl {
+                        image_url: ImageUrl { url },
+                    });
+                }
                 return Err(ApiError::bad(
                     param,
-                    "remote image URLs are not fetched by this server (--allow-remote-images is \
-                     not implemented); send the image inline as a data: URL \
+                    "remote image URLs are not fetched by this server (it was started without \
+                     --allow-remote-images); send the image inline as a data: URL \
                      (data:image/png;base64,...)",
                 )
                 .with_code("remote_image_refused"));

@@ -13,6 +13,8 @@
 pub mod api;
 pub mod cache;
 pub mod metrics;
+pub mod prefix;
+pub mod remote;
 pub mod scheduler;
 
 use crate::api::{ApiError, ChatRequest};
@@ -59,6 +61,13 @@ pub struct ServerConfig {
     pub response_cache: bool,
     pub cache_entries: usize,
     pub cache_bytes: usize,
+    /// Prefix cache (KV of finished sequences reused by prompts that start the same way):
+    /// entries (0 turns it off) and bytes.
+    pub prefix_entries: usize,
+    pub prefix_bytes: usize,
+    /// Fetch `http(s)` image URLs within these limits (`--allow-remote-images`); `None`
+    /// refuses them.
+    pub remote_images: Option<remote::RemoteLimits>,
     /// After a shutdown signal: how long running requests may take to finish.
     pub grace: Duration,
     /// Most images in one request (the engine's default when `None`).
@@ -87,6 +96,9 @@ impl Default for ServerConfig {
             response_cache: true,
             cache_entries: 1024,
             cache_bytes: 64 << 20,
+            prefix_entries: 64,
+            prefix_bytes: 1 << 30,
+            remote_images: None,
             grace: Duration::from_secs(30),
             max_images: None,
             max_image_side: None,
@@ -192,6 +204,8 @@ pub fn spawn(mut engine: Engine, cfg: ServerConfig) -> Result<ServerHandle> {
         queue_size: cfg.queue_size,
         max_running: cfg.max_running.max(1),
         prefill_token_budget: cfg.prefill_token_budget.max(1),
+        prefix_entries: cfg.prefix_entries,
+        prefix_bytes: cfg.prefix_bytes,
     }));
     let sched = scheduler::spawn(engine.clone(), queue.clone(), metrics.clone())?;
     let cache = cfg
@@ -564,7 +578,9 @@ fn cache_key(st: &AppState, req: &ChatRequest) -> Option<u128> {
     }
     let canonical = json!({
         "model": st.names[0],
-        "messages": req.messages_json,
+        // The parsed messages (remote images already fetched into data: URLs), so that the
+        // key is the request's content, however it was spelled.
+        "messages": serde_json::to_value(&req.messages).ok()?,
         "sampling": req.sampling,
         "max_tokens": req.max_tokens,
         "stop": req.stop,
@@ -618,7 +634,7 @@ async fn chat_inner(
             )
         }
     })?;
-    let req = api::parse_chat_request(&body)?;
+    let mut req = api::parse_chat_request_with(&body, st.cfg.remote_images.is_some())?;
     if let Some(m) = &req.model {
         if !st.names.contains(m) {
             return Err(ApiError::new(
@@ -643,6 +659,15 @@ async fn chat_inner(
             ),
         )
         .with_code("too_many_images"));
+    }
+    if let (Some(limits), true) = (&st.cfg.remote_images, remote::has_remote(&req.messages)) {
+        let limits = limits.clone();
+        let mut messages = std::mem::take(&mut req.messages);
+        req.messages = tokio::task::spawn_blocking(move || {
+            remote::resolve(&mut messages, &limits).map(|()| messages)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("fetching the images failed: {e}")))??;
     }
     let n = st.next_id.fetch_add(1, Relaxed);
     let ids = Ids {
@@ -771,11 +796,12 @@ async fn chat_inner(
     if !req.stream {
         let mut texts = vec![String::new(); n];
         let mut done: Vec<Option<CachedAnswer>> = vec![None; n];
-        let mut left = n;
+        let (mut left, mut cached) = (n, 0);
         while let Some((i, ev)) = rx.recv().await {
             match ev {
                 Event::Text(t) => texts[i].push_str(&t),
                 Event::Done(u) => {
+                    cached = cached.max(u.cached_tokens);
                     done[i] = Some(answer(std::mem::take(&mut texts[i]), u));
                     left -= 1;
                     if left == 0 {
@@ -784,7 +810,7 @@ async fn chat_inner(
                             cache_put(st, key, a.clone());
                         }
                         drop(guard);
-                        return Ok(axum::Json(ids.completion(&answers, 0)).into_response());
+                        return Ok(axum::Json(ids.completion(&answers, cached)).into_response());
                     }
                 }
                 Event::Error(e) => return Err(ApiError::internal(e)),
@@ -810,7 +836,7 @@ async fn chat_inner(
             }
         }
         let mut texts = vec![String::new(); n];
-        let (mut left, mut completion) = (n, 0);
+        let (mut left, mut completion, mut cached) = (n, 0, 0);
         loop {
             let ev = tokio::select! {
                 ev = rx.recv() => ev,
@@ -830,12 +856,13 @@ async fn chat_inner(
                         return;
                     }
                     completion += u.completion_tokens;
+                    cached = cached.max(u.cached_tokens);
                     if n == 1 {
                         cache_put(&st2, key, answer(std::mem::take(&mut texts[i]), u));
                     }
                     left -= 1;
                     if left == 0 {
-                        let usage = usage_json(u.prompt_tokens, completion, 0);
+                        let usage = usage_json(u.prompt_tokens, completion, cached);
                         for c in ids.ending(Some(usage), include_usage) {
                             if btx.send(c).await.is_err() {
                                 return;

@@ -17,6 +17,12 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Requests whose prompt started with a prefix-cache entry.
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens actually run through the model (the rest came from the prefix cache).
+    pub prefill_tokens: AtomicU64,
+    /// Tokens whose keys and values the prefix cache holds.
+    pub prefix_cached_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub queue_depth: AtomicU64,
     pub running: AtomicU64,
@@ -72,6 +78,11 @@ impl Metrics {
                 "Sequences in the running batch.",
                 &self.running,
             ),
+            (
+                "pixlm_prefix_cache_tokens",
+                "Tokens whose keys and values the prefix cache holds.",
+                &self.prefix_cached_tokens,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(
@@ -83,7 +94,7 @@ impl Metrics {
         let counters = [
             (
                 "pixlm_prompt_tokens_total",
-                "Prompt tokens prefilled.",
+                "Prompt tokens of admitted requests.",
                 &self.prompt_tokens,
             ),
             (
@@ -95,6 +106,16 @@ impl Metrics {
                 "pixlm_response_cache_hits_total",
                 "Answers served from the response cache.",
                 &self.cache_hits,
+            ),
+            (
+                "pixlm_prefill_tokens_total",
+                "Prompt tokens run through the model (the rest came from the prefix cache).",
+                &self.prefill_tokens,
+            ),
+            (
+                "pixlm_prefix_cache_hits_total",
+                "Requests whose prompt reused a prefix-cache entry.",
+                &self.prefix_hits,
             ),
             (
                 "pixlm_cancelled_total",

@@ -5,10 +5,11 @@
 //! `StopMatcher` to the request's channel, and frees finished or cancelled sequences at once.
 
 use crate::metrics::Metrics;
+use crate::prefix::{content_key, count_images, is_image, PrefixCache};
 use pixlm_engine::sampler::Sampler;
 use pixlm_engine::stream::{StopMatcher, StreamDecoder};
-use pixlm_engine::{Engine, FinishReason, Prepared};
-use pixlm_models::{KvCache, LogitsWanted, SeqInput};
+use pixlm_engine::{Engine, Family, FinishReason, Prepared};
+use pixlm_models::{KvCache, LogitsWanted, Model, SeqInput};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,6 +30,8 @@ pub struct Usage {
     pub finish: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// A prepared request waiting for admission.
@@ -51,6 +54,9 @@ pub struct SchedulerConfig {
     pub max_running: usize,
     /// Most prompt tokens prefilled in one step; a longer prompt is still admitted, alone.
     pub prefill_token_budget: usize,
+    /// Prefix cache bounds (entries, bytes); 0 entries turns it off.
+    pub prefix_entries: usize,
+    pub prefix_bytes: usize,
 }
 
 #[derive(Default)]
@@ -125,6 +131,14 @@ impl Queue {
 struct Seq {
     job: Job,
     cache: KvCache,
+    /// The prompt's content key (see `prefix::content_key`); generated tokens join it.
+    key: Vec<u64>,
+    /// Prompt tokens (and whole images) already in `cache`: from the prefix cache, then
+    /// from each prefill chunk.
+    done_ids: usize,
+    done_images: usize,
+    /// Prompt tokens the prefix cache gave (usage.prompt_tokens_details.cached_tokens).
+    cached: usize,
     prefilled: bool,
     last: [u32; 1],
     generated: Vec<u32>,
@@ -154,6 +168,7 @@ pub fn spawn(
 fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
     let tokenizer = Arc::new(engine.tokenizer.clone());
     let mut running: Vec<Seq> = Vec::new();
+    let mut prefix = PrefixCache::new(queue.cfg.prefix_entries, queue.cfg.prefix_bytes);
     loop {
         // Admission, under the queue lock.
         {
@@ -185,7 +200,6 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
-            let mut prefill_tokens = 0usize;
             while running.len() < queue.cfg.max_running {
                 let Some(front) = s.waiting.front() else {
                     break;
@@ -195,15 +209,10 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                     metrics.cancelled.fetch_add(1, Relaxed);
                     continue;
                 }
-                let n = front.prepared.ids.len();
-                if prefill_tokens > 0 && prefill_tokens + n > queue.cfg.prefill_token_budget {
-                    break;
-                }
                 let Some(job) = s.waiting.pop_front() else {
                     break;
                 };
-                prefill_tokens += n;
-                if let Some(seq) = new_seq(engine, &tokenizer, job) {
+                if let Some(seq) = new_seq(engine, &tokenizer, job, &mut prefix, metrics) {
                     running.push(seq);
                 }
             }
@@ -222,37 +231,61 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
             continue;
         }
 
+        // What each sequence feeds this step: one decode token, or the next chunk of its
+        // prompt. Chunks share `prefill_token_budget` in arrival order and never split an
+        // image (an image larger than the budget goes whole, in a chunk of its own).
+        let mut budget = queue.cfg.prefill_token_budget;
+        let chunks: Vec<Option<Chunk>> = running
+            .iter()
+            .map(|q| {
+                if q.prefilled {
+                    return None;
+                }
+                let c = next_chunk(&q.key, q.done_ids, budget)?;
+                budget = budget.saturating_sub(c.end - q.done_ids);
+                Some(c)
+            })
+            .collect();
+
         // A panic in the model must not take the scheduler (and every later request) down.
+        let mut slot = vec![None; running.len()];
         let logits = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut inputs: Vec<SeqInput> = running
-                .iter_mut()
-                .map(|q| {
-                    let Seq {
-                        job,
+            let mut inputs: Vec<SeqInput> = Vec::with_capacity(running.len());
+            for (i, q) in running.iter_mut().enumerate() {
+                let Seq {
+                    job,
+                    cache,
+                    prefilled,
+                    last,
+                    done_ids,
+                    done_images,
+                    ..
+                } = q;
+                if *prefilled {
+                    slot[i] = Some(inputs.len());
+                    inputs.push(SeqInput {
+                        ids: &last[..],
+                        images: &[],
+                        decode: true,
                         cache,
-                        prefilled,
-                        last,
-                        ..
-                    } = q;
-                    if *prefilled {
-                        SeqInput {
-                            ids: &last[..],
-                            images: &[],
-                            decode: true,
-                            cache,
-                            logits: LogitsWanted::Last,
-                        }
-                    } else {
-                        SeqInput {
-                            ids: &job.prepared.ids,
-                            images: &job.prepared.images,
-                            decode: false,
-                            cache,
-                            logits: LogitsWanted::Last,
-                        }
-                    }
-                })
-                .collect();
+                        logits: LogitsWanted::Last,
+                    });
+                } else if let Some(c) = &chunks[i] {
+                    slot[i] = Some(inputs.len());
+                    let whole = c.end == job.prepared.ids.len();
+                    inputs.push(SeqInput {
+                        ids: &job.prepared.ids[*done_ids..c.end],
+                        images: &job.prepared.images[*done_images..*done_images + c.images],
+                        decode: false,
+                        cache,
+                        logits: if whole {
+                            LogitsWanted::Last
+                        } else {
+                            LogitsWanted::None
+                        },
+                    });
+                }
+            }
             engine.model.forward(&mut inputs, None)
         }))
         .unwrap_or_else(|_| {
@@ -274,7 +307,21 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
 
         let mut outcomes = Vec::with_capacity(running.len());
         for (i, q) in running.iter_mut().enumerate() {
-            if !q.prefilled {
+            let Some(b) = slot[i] else {
+                // No room in this step's prefill budget: next step.
+                outcomes.push(StepOutcome::Running);
+                continue;
+            };
+            if let Some(c) = &chunks[i] {
+                metrics
+                    .prefill_tokens
+                    .fetch_add((c.end - q.done_ids) as u64, Relaxed);
+                q.done_ids = c.end;
+                q.done_images += c.images;
+                if q.done_ids < q.job.prepared.ids.len() {
+                    outcomes.push(StepOutcome::Running);
+                    continue;
+                }
                 q.prefilled = true;
                 metrics
                     .prompt_tokens
@@ -282,7 +329,7 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                 // The image patches are in the cache now.
                 q.job.prepared.images = Vec::new();
             }
-            let row = match logits.get(i).and_then(|l| l.as_ref()) {
+            let row = match logits.get(b).and_then(|l| l.as_ref()) {
                 Some(t) => t.squeeze(0).and_then(|t| t.to_vec1::<f32>()),
                 None => {
                     outcomes.push(StepOutcome::Failed("the model returned no logits".into()));
@@ -299,6 +346,9 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
             outcomes.push(outcome);
         }
         let mut idx = 0;
+        metrics
+            .prefix_cached_tokens
+            .store(prefix.tokens() as u64, Relaxed);
         running.retain_mut(|q| {
             let o = &outcomes[idx];
             idx += 1;
@@ -309,7 +359,14 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                         finish: *f,
                         prompt_tokens: q.job.prepared.ids.len(),
                         completion_tokens: q.generated.len(),
+                        cached_tokens: q.cached,
                     }));
+                    // The cache holds the prompt and every generated token but the last
+                    // (sampled, never fed back).
+                    let fed = q.generated.len().saturating_sub(1);
+                    let mut key = std::mem::take(&mut q.key);
+                    key.extend(q.generated[..fed].iter().map(|&t| t as u64));
+                    prefix.insert(key, std::mem::take(&mut q.cache));
                     false
                 }
                 StepOutcome::Failed(e) => {
@@ -321,7 +378,52 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
     }
 }
 
-fn new_seq(engine: &Engine, tokenizer: &Arc<tokenizers::Tokenizer>, job: Job) -> Option<Seq> {
+/// The part of a prompt one step prefills: up to token `end`, holding `images` whole images.
+struct Chunk {
+    end: usize,
+    images: usize,
+}
+
+/// The next chunk of the prompt whose content key is `key`, `done` tokens of it already in the
+/// cache, within `budget` tokens; an image is never split: a chunk stops before an image that
+/// does not fit, and one that starts with an image takes it whole even past the budget.
+/// `None` when the budget is spent.
+fn next_chunk(key: &[u64], done: usize, budget: usize) -> Option<Chunk> {
+    let n = key.len();
+    if budget == 0 || done >= n {
+        return None;
+    }
+    let mut end = (done + budget).min(n);
+    // Whether a chunk ending at `e` would cut an image between two of its tokens.
+    let cuts = |e: usize| e > 0 && e < n && is_image(key[e]) && is_image(key[e - 1]);
+    if cuts(end) {
+        let mut start = end;
+        while start > done && is_image(key[start - 1]) {
+            start -= 1;
+        }
+        if start > done {
+            // Stop before the image.
+            end = start;
+        } else {
+            // The chunk starts with the image: all of it.
+            while cuts(end) {
+                end += 1;
+            }
+        }
+    }
+    Some(Chunk {
+        end,
+        images: count_images(&key[done..end]),
+    })
+}
+
+fn new_seq(
+    engine: &Engine,
+    tokenizer: &Arc<tokenizers::Tokenizer>,
+    job: Job,
+    prefix: &mut PrefixCache,
+    metrics: &Metrics,
+) -> Option<Seq> {
     let sampler = match Sampler::new(job.sampling.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -338,8 +440,24 @@ fn new_seq(engine: &Engine, tokenizer: &Arc<tokenizers::Tokenizer>, job: Job) ->
         ));
         return None;
     }
+    let (img_context, merge) = match (&engine.family, &engine.model) {
+        (Family::Neo(sp), Model::Neo(m)) => (Some(sp.img_context), m.merge()),
+        _ => (None, 1),
+    };
+    let key = content_key(&job.prepared.ids, &job.prepared.images, img_context, merge);
+    let (cache, skip_ids, skip_images) = match prefix.lookup(&key, &job.prepared.ids) {
+        Some(hit) => {
+            metrics.prefix_hits.fetch_add(1, Relaxed);
+            (hit.cache, hit.len, hit.images)
+        }
+        None => (KvCache::new(), 0, 0),
+    };
     Some(Seq {
-        cache: KvCache::new(),
+        cache,
+        key,
+        done_ids: skip_ids,
+        done_images: skip_images,
+        cached: skip_ids,
         prefilled: false,
         last: [0],
         generated: Vec::new(),
@@ -425,11 +543,50 @@ mod tests {
     }
 
     #[test]
+    fn chunks_respect_the_budget_and_never_split_an_image() {
+        const I: u64 = 1 << 63;
+        // text 0-2, image 3-8 (6 tokens), text 9-11, image 12-13, text 14
+        let key: Vec<u64> = (0..15u64)
+            .map(|i| {
+                if (3..9).contains(&i) || (12..14).contains(&i) {
+                    I | i
+                } else {
+                    i
+                }
+            })
+            .collect();
+        let chunks = |budget: usize| {
+            let mut out = Vec::new();
+            let mut done = 0;
+            while let Some(c) = next_chunk(&key, done, budget) {
+                out.push((c.end, c.images));
+                done = c.end;
+            }
+            out
+        };
+        // Budget 4: text stops before the image, the image (6 > 4) goes whole.
+        assert_eq!(chunks(4), vec![(3, 0), (9, 1), (12, 0), (15, 1)]);
+        assert_eq!(chunks(10), vec![(10, 1), (15, 1)]);
+        assert_eq!(chunks(100), vec![(15, 2)]);
+        assert_eq!(
+            chunks(1),
+            (1..=3)
+                .map(|e| (e, 0))
+                .chain([(9, 1), (10, 0), (11, 0), (12, 0), (14, 1), (15, 0)])
+                .collect::<Vec<_>>()
+        );
+        assert!(next_chunk(&key, 0, 0).is_none());
+        assert!(next_chunk(&key, 15, 4).is_none());
+    }
+
+    #[test]
     fn queue_is_bounded_and_closes() {
         let q = Queue::new(SchedulerConfig {
             queue_size: 2,
             max_running: 1,
             prefill_token_budget: 8,
+            prefix_entries: 0,
+            prefix_bytes: 0,
         });
         let mut rxs = Vec::new();
         for _ in 0..2 {

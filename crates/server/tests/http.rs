@@ -817,3 +817,245 @@ fn several_choices_are_sampled_each_on_its_own() {
     });
     stop(h);
 }
+
+#[test]
+fn second_turn_over_the_same_image_reuses_the_first_turns_cache() {
+    let turn1 = json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_data_url()}},
+        {"type": "text", "text": "What is in the picture?"}]}],
+        "max_tokens": 8, "temperature": 0});
+    let turn2 = |answer: &Value| {
+        json!({"messages": [
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": png_data_url()}},
+                {"type": "text", "text": "What is in the picture?"}]},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "And what colour is it?"}],
+            "max_tokens": 8, "temperature": 0})
+    };
+    // Without the prefix cache: the reference answers.
+    let Some(h) = start(|c| {
+        c.response_cache = false;
+        c.prefix_entries = 0;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    let t1 = turn1.clone();
+    let (a1, a2) = rt().block_on(async move {
+        let r1 = post(addr, &t1).await.json();
+        let a1 = r1["choices"][0]["message"]["content"].clone();
+        let r2 = post(addr, &turn2(&a1)).await.json();
+        assert_eq!(r2["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        (a1, r2["choices"][0]["message"]["content"].clone())
+    });
+    stop(h);
+
+    let Some(h) = start(|c| c.response_cache = false) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let r1 = post(addr, &turn1).await.json();
+        assert_eq!(r1["choices"][0]["message"]["content"], a1);
+        assert_eq!(r1["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        let p1 = r1["usage"]["prompt_tokens"].as_u64().unwrap();
+        // The second turn starts with the whole first one: its image is not encoded again.
+        let r2 = post(addr, &turn2(&a1)).await.json();
+        assert_eq!(r2["choices"][0]["message"]["content"], a2);
+        let cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        // (The boundary between the first prompt and its answer may tokenize differently
+        // once the answer follows it, so the last token or two can be prefilled again.)
+        assert!(cached + 2 >= p1, "cached {cached} of a first turn of {p1}");
+        assert!(cached < r2["usage"]["prompt_tokens"].as_u64().unwrap());
+        // Streamed, the same.
+        let mut s2 = turn2(&a1);
+        s2["stream"] = json!(true);
+        s2["stream_options"] = json!({"include_usage": true});
+        let (text, _, usage) = parse_stream(&post(addr, &s2).await);
+        assert_eq!(text, a2.as_str().unwrap());
+        assert!(usage.unwrap()["prompt_tokens_details"]["cached_tokens"].as_u64() >= Some(p1 - 2));
+        // A different image shares only the text before it.
+        let other = {
+            let root = fixtures().unwrap();
+            let bytes = std::fs::read(root.join("neo-tiny/cases/two_images/image_2.png")).unwrap();
+            format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
+        };
+        let mut t = turn2(&a1);
+        t["messages"][0]["content"][0]["image_url"]["url"] = json!(other);
+        let r = post(addr, &t).await.json();
+        let cached = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        eprintln!(
+            "first turn {p1} tokens; other image: {cached} cached of {}",
+            r["usage"]["prompt_tokens"]
+        );
+        assert!(cached < 16, "a different image reused {cached} tokens");
+        let m = request(addr, "GET", "/metrics", &[], None).await;
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        assert!(
+            text.contains("pixlm_prefix_cache_hits_total 2"),
+            "metrics: {text}"
+        );
+    });
+    stop(h);
+}
+
+/// A local HTTP server for remote-image tests: `/img.png` (the fixture PNG), `/slow.png`
+/// (answers after 3 s), `/big.png` (1 MiB), anything else 404.
+async fn image_host() -> SocketAddr {
+    use axum::routing::get;
+    let png = std::fs::read(
+        fixtures()
+            .unwrap()
+            .join("neo-tiny/cases/single_image/image_1.png"),
+    )
+    .unwrap();
+    let app = axum::Router::new()
+        .route("/img.png", get(move || async move { png.clone() }))
+        .route(
+            "/slow.png",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                vec![0u8; 16]
+            }),
+        )
+        .route("/big.png", get(|| async { vec![7u8; 1 << 20] }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[test]
+fn remote_images_are_fetched_within_limits_when_allowed() {
+    let Some(h) = start(|c| {
+        c.remote_images = Some(pixlm_server::remote::RemoteLimits {
+            max_bytes: 256 << 10,
+            timeout: Duration::from_secs(1),
+        });
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let host = image_host().await;
+        let ask = |url: String| {
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is in the picture?"}]}],
+                "max_tokens": 6, "temperature": 0})
+        };
+        // The same answer as the image sent inline.
+        let inline = post(addr, &ask(png_data_url())).await.json();
+        let remote = post(addr, &ask(format!("http://{host}/img.png"))).await;
+        assert_eq!(
+            remote.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&remote.body)
+        );
+        // Keyed by the image's bytes: the inline request's stored answer serves it.
+        assert_eq!(remote.header("x-pixlm-cache"), Some("hit"));
+        assert_eq!(remote.json()["choices"], inline["choices"]);
+
+        let r = post(addr, &ask(format!("http://{host}/missing.png"))).await;
+        let e = r.error(400);
+        assert_eq!(e["code"], "image_fetch_failed");
+        assert!(e["message"].as_str().unwrap().contains("HTTP 404"), "{e}");
+        assert_eq!(e["param"], "messages[0].content[0].image_url.url");
+
+        let t = Instant::now();
+        let e = post(addr, &ask(format!("http://{host}/slow.png")))
+            .await
+            .error(400);
+        assert_eq!(e["code"], "image_fetch_failed");
+        assert!(
+            t.elapsed() < Duration::from_millis(2800),
+            "{:?}",
+            t.elapsed()
+        );
+
+        let e = post(addr, &ask(format!("http://{host}/big.png")))
+            .await
+            .error(400);
+        assert_eq!(e["code"], "image_too_large", "{e}");
+
+        // Nothing listens there.
+        let e = post(addr, &ask("http://127.0.0.1:9/x.png".into()))
+            .await
+            .error(400);
+        assert_eq!(e["code"], "image_fetch_failed");
+        // The server is fine afterwards.
+        assert_eq!(post(addr, &chat("Hi", 2)).await.status, 200);
+    });
+    stop(h);
+}
+
+#[test]
+fn chunked_prefill_gives_the_same_answers() {
+    let bodies: Vec<Value> = vec![
+        chat(&"Tell me more about triangles. ".repeat(6), 12),
+        json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Look at this:"},
+            {"type": "image_url", "image_url": {"url": png_data_url()}},
+            {"type": "text", "text": "What is in the picture?"}]}],
+            "max_tokens": 12, "temperature": 0}),
+    ];
+    let answers = |budget: usize, together: bool| {
+        let h = start(|c| {
+            c.response_cache = false;
+            c.prefix_entries = 0;
+            c.prefill_token_budget = budget;
+        })?;
+        let addr = h.addr;
+        let bodies = bodies.clone();
+        let out = rt().block_on(async move {
+            let mut out = Vec::new();
+            if together {
+                let tasks: Vec<_> = bodies
+                    .into_iter()
+                    .map(|b| tokio::spawn(async move { post(addr, &b).await }))
+                    .collect();
+                for t in tasks {
+                    out.push(t.await.unwrap().json());
+                }
+            } else {
+                for b in &bodies {
+                    out.push(post(addr, b).await.json());
+                }
+            }
+            out
+        });
+        let m = rt().block_on(async move {
+            String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap()
+        });
+        stop(h);
+        Some((out, m))
+    };
+    let Some((whole, _)) = answers(4096, false) else {
+        return;
+    };
+    // A budget of 7 tokens a step: every prompt goes in several chunks, the image whole.
+    let (chunked, metrics) = answers(7, true).unwrap();
+    for (a, b) in whole.iter().zip(&chunked) {
+        assert_eq!(a["choices"], b["choices"]);
+        assert_eq!(a["usage"], b["usage"]);
+    }
+    let steps: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pixlm_forward_steps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let prompt = whole[0]["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        steps > prompt / 7,
+        "{steps} forward steps for a {prompt}-token prompt"
+    );
+}
