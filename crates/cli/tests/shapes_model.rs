@@ -1,8 +1,9 @@
 //! The model shipped in `models/shapes-neo`: the quick start's answer, and an accuracy floor on
 //! a fixed held-out set (drawn with a seed training never uses).
 //!
-//! The floor guards against regressions of the shipped model (measured 78.0% overall on this
-//! set, per kind 52-100%); it is not the 95% target, which this model does not reach.
+//! The floor guards against regressions of the shipped model (measured 94.7% overall on this
+//! set, per kind 86-100%); it is below the 95% target, which this model does not quite
+//! reach (93.9% on the 1,000-question held-out set of BENCHMARKS.md).
 
 mod common;
 
@@ -47,7 +48,7 @@ fn held_out_accuracy_floor() {
         dir.to_str().unwrap(),
         "--json",
         "--min-accuracy",
-        "0.74",
+        "0.90",
     ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -58,6 +59,6 @@ fn held_out_accuracy_floor() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["questions"], 300);
     for (kind, acc) in v["per_kind"].as_object().unwrap() {
-        assert!(acc.as_f64().unwrap() >= 0.45, "{kind}: {acc}");
+        assert!(acc.as_f64().unwrap() >= 0.78, "{kind}: {acc}");
     }
 }
