@@ -17,6 +17,19 @@ fn fixtures() -> Option<PathBuf> {
     p.join("neo-tiny").is_dir().then_some(p)
 }
 
+/// The neo-tiny fixture model and its special token ids.
+fn neo_tiny(fx: &std::path::Path) -> (Model, NeoSpecialIds) {
+    let dir = fx.join("neo-tiny/model");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let sp = NeoSpecialIds {
+        img_start: 151670,
+        img_end: 151671,
+        img_context: 151669,
+    };
+    let model = Model::load(&dir, &cfg, Some(sp), &Default::default()).unwrap();
+    (model, sp)
+}
+
 fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
     pixlm_models::max_abs_diff(a, b).unwrap()
 }
@@ -27,14 +40,7 @@ fn neo_tiny_forward_matches_reference() {
         eprintln!("fixtures not found; skipping");
         return;
     };
-    let dir = fx.join("neo-tiny/model");
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
-    let ids = NeoSpecialIds {
-        img_start: 151670,
-        img_end: 151671,
-        img_context: 151669,
-    };
-    let model = Model::load(&dir, &cfg, Some(ids), &Default::default()).unwrap();
+    let (model, _) = neo_tiny(&fx);
     for case in ["text_only", "single_image", "two_images", "multi_turn"] {
         let exp = candle_core::safetensors::load(
             fx.join("neo-tiny/cases")
@@ -117,14 +123,7 @@ fn packed_batch_of_three_equals_each_alone() {
         eprintln!("fixtures not found; skipping");
         return;
     };
-    let dir = fx.join("neo-tiny/model");
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
-    let sp = NeoSpecialIds {
-        img_start: 151670,
-        img_end: 151671,
-        img_context: 151669,
-    };
-    let model = Model::load(&dir, &cfg, Some(sp), &Default::default()).unwrap();
+    let (model, _) = neo_tiny(&fx);
     let cases: Vec<(Vec<u32>, Vec<ImageInput>)> = ["text_only", "two_images", "single_image"]
         .iter()
         .map(|c| case_inputs(&fx, c))
@@ -204,14 +203,7 @@ fn prefix_of_a_cache_continues_like_a_full_prefill() {
         eprintln!("fixtures not found; skipping");
         return;
     };
-    let dir = fx.join("neo-tiny/model");
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
-    let sp = NeoSpecialIds {
-        img_start: 151670,
-        img_end: 151671,
-        img_context: 151669,
-    };
-    let model = Model::load(&dir, &cfg, Some(sp), &Default::default()).unwrap();
+    let (model, sp) = neo_tiny(&fx);
     let (ids, images) = case_inputs(&fx, "single_image");
     let prefill = |ids: &[u32], images: &[ImageInput], cache: &mut KvCache| {
         model
