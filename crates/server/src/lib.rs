@@ -661,6 +661,13 @@ async fn chat_inner(
         .with_code("too_many_images"));
     }
     if let (Some(limits), true) = (&st.cfg.remote_images, remote::has_remote(&req.messages)) {
+        // Fetches take the same few slots as prompt preparation, so that a burst of requests
+        // with remote images cannot start a thread per image.
+        let permit = st
+            .prepare_slots
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let limits = limits.clone();
         let mut messages = std::mem::take(&mut req.messages);
         req.messages = tokio::task::spawn_blocking(move || {
@@ -668,6 +675,7 @@ async fn chat_inner(
         })
         .await
         .map_err(|e| ApiError::internal(format!("fetching the images failed: {e}")))??;
+        drop(permit);
     }
     let n = st.next_id.fetch_add(1, Relaxed);
     let ids = Ids {
