@@ -1,6 +1,6 @@
 //! `pixlm run`: one answer streamed to stdout, or an interactive chat.
 
-use crate::common::{resolve_model, ComputeArgs};
+use crate::common::{resolve_model, ComputeArgs, ImageBudgetArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use pixlm_engine::{ChatMessage, Content, Engine, GenerateOptions, ImageUrl, Part, SamplingParams};
@@ -68,12 +68,8 @@ pub struct RunArgs {
     /// System message placed before the conversation.
     #[arg(long)]
     pub system: Option<String>,
-    /// Smallest image area in pixels after resizing (default: the model's config).
-    #[arg(long)]
-    pub min_pixels: Option<u64>,
-    /// Largest image area in pixels after resizing (default: the model's config).
-    #[arg(long)]
-    pub max_pixels: Option<u64>,
+    #[command(flatten)]
+    pub image_budget: ImageBudgetArgs,
     /// Start an interactive chat (also the default when no PROMPT is given on a terminal).
     #[arg(long)]
     pub chat: bool,
@@ -114,19 +110,7 @@ fn load(a: &RunArgs) -> Result<Engine> {
     let opts = a.compute.load_options()?;
     let mut engine =
         Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
-    if let Some(v) = a.min_pixels {
-        engine.preprocess.min_pixels = v;
-    }
-    if let Some(v) = a.max_pixels {
-        engine.preprocess.max_pixels = v;
-    }
-    if engine.preprocess.min_pixels > engine.preprocess.max_pixels {
-        bail!(
-            "--min-pixels ({}) is larger than --max-pixels ({})",
-            engine.preprocess.min_pixels,
-            engine.preprocess.max_pixels
-        );
-    }
+    a.image_budget.apply(&mut engine)?;
     Ok(engine)
 }
 

@@ -1,6 +1,6 @@
 //! `pixlm serve`: the OpenAI-compatible HTTP server (see the `pixlm-server` crate).
 
-use crate::common::{resolve_model, ComputeArgs};
+use crate::common::{resolve_model, ComputeArgs, ImageBudgetArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use pixlm_engine::Engine;
@@ -79,14 +79,17 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
     #[command(flatten)]
+    pub image_budget: ImageBudgetArgs,
+    #[command(flatten)]
     pub compute: ComputeArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<i32> {
     let dir = resolve_model(&a.model)?;
     let opts = a.compute.load_options()?;
-    let engine =
+    let mut engine =
         Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
+    a.image_budget.apply(&mut engine)?;
     let cfg = ServerConfig {
         host: a.host,
         port: a.port,

@@ -14,6 +14,37 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// The image budget a NEO model resizes images to (`pixlm run`, `pixlm serve`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ImageBudgetArgs {
+    /// Smallest image area in pixels after resizing (default: the model's config).
+    #[arg(long)]
+    pub min_pixels: Option<u64>,
+    /// Largest image area in pixels after resizing (default: the model's config).
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+}
+
+impl ImageBudgetArgs {
+    /// Applies the flags to `engine`'s preprocessing; an empty range is an error.
+    pub fn apply(&self, engine: &mut pixlm_engine::Engine) -> anyhow::Result<()> {
+        if let Some(v) = self.min_pixels {
+            engine.preprocess.min_pixels = v;
+        }
+        if let Some(v) = self.max_pixels {
+            engine.preprocess.max_pixels = v;
+        }
+        if engine.preprocess.min_pixels > engine.preprocess.max_pixels {
+            anyhow::bail!(
+                "--min-pixels ({}) is larger than --max-pixels ({})",
+                engine.preprocess.min_pixels,
+                engine.preprocess.max_pixels
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Compute options every model-loading command takes.
 #[derive(Args, Clone, Debug)]
 pub struct ComputeArgs {

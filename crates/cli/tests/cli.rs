@@ -264,6 +264,25 @@ fn bad_flags_are_refused() {
         "threads",
     );
     assert_clear_error(&pixlm(&["run", "--bogus-flag"]), "bogus");
+    // An empty image budget, for the one-shot command and for the server alike.
+    for cmd in ["run", "serve"] {
+        let mut args = vec![
+            cmd,
+            "--model",
+            m,
+            "--min-pixels",
+            "300000",
+            "--max-pixels",
+            "70000",
+        ];
+        if cmd == "serve" {
+            args.extend(["--port", "0"]);
+        }
+        assert_clear_error(
+            &pixlm(&args),
+            "--min-pixels (300000) is larger than --max-pixels (70000)",
+        );
+    }
 }
 
 #[test]
