@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Most sequences decoded together in one batch.
     #[arg(long, default_value_t = 16)]
     pub max_running: usize,
-    /// Most prompt tokens prefilled in one step (a longer prompt is admitted alone).
+    /// Most prompt tokens prefilled in one step; longer prompts go in chunks over several
+    /// steps, an image always whole.
     #[arg(long, default_value_t = 4096)]
     pub prefill_token_budget: usize,
     /// max_tokens for requests that give none (also capped by the context).

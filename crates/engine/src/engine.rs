@@ -276,31 +276,31 @@ impl Engine {
         base_dir: Option<&Path>,
     ) -> Result<pixlm_media::image::RgbImage> {
         let err = |source| EngineError::Image {
-            source_name: short(url),
+            source_name: short_url(url),
             source,
         };
         if let Some(rest) = url.strip_prefix("data:") {
             let (meta, data) = rest.split_once(',').ok_or_else(|| {
-                EngineError::Request(format!("malformed data URL {}", short(url)))
+                EngineError::Request(format!("malformed data URL {}", short_url(url)))
             })?;
             if !meta.ends_with(";base64") {
                 return Err(EngineError::Request(format!(
                     "data URL {} is not base64-encoded",
-                    short(url)
+                    short_url(url)
                 )));
             }
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data.trim())
                 .map_err(|e| {
-                    EngineError::Request(format!("data URL {}: bad base64: {e}", short(url)))
+                    EngineError::Request(format!("data URL {}: bad base64: {e}", short_url(url)))
                 })?;
             return pixlm_media::decode_image(&bytes, &self.decode_limits).map_err(err);
         }
         if url.starts_with("http://") || url.starts_with("https://") {
             return Err(EngineError::Request(format!(
                 "remote image URL {} is not fetched here; pass a file or a data: URL",
-                short(url)
+                short_url(url)
             )));
         }
         let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
@@ -351,11 +351,11 @@ impl Engine {
                 for url in &parts.images {
                     let img = self.load_image(url, base_dir)?;
                     let p = pixlm_media::preprocess(&img, pre).map_err(|e| EngineError::Image {
-                        source_name: short(url),
+                        source_name: short_url(url),
                         source: e,
                     })?;
                     info.push(ImageInfo {
-                        source: short(url),
+                        source: short_url(url),
                         original_wh: img.dimensions(),
                         resized_wh: (p.grid_w * p.patch_size, p.grid_h * p.patch_size),
                         grid_hw: (p.grid_h, p.grid_w),
@@ -539,7 +539,7 @@ impl Engine {
 pub type StepObserver<'a> = &'a mut dyn FnMut(&[f32]);
 
 /// A URL or path shortened for messages (data URLs are long).
-fn short(url: &str) -> String {
+pub fn short_url(url: &str) -> String {
     if url.len() > 80 {
         let cut = url
             .char_indices()

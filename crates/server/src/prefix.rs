@@ -61,6 +61,11 @@ pub fn is_image(k: u64) -> bool {
     k & IMAGE_BIT != 0
 }
 
+/// Whether cutting `key` before token `at` would split an image between two of its tokens.
+pub fn splits_image(key: &[u64], at: usize) -> bool {
+    at > 0 && at < key.len() && is_image(key[at]) && is_image(key[at - 1])
+}
+
 /// What a lookup found: a cache holding the first `len` tokens of the prompt, of which
 /// `images` whole images.
 pub struct Hit {
@@ -129,7 +134,7 @@ impl PrefixCache {
             })
             .max_by_key(|&(_, n)| n)?;
         // Step back to the start of an image the prefix would cut.
-        while len > 0 && len < key.len() && is_image(key[len]) && is_image(key[len - 1]) {
+        while splits_image(key, len) {
             len -= 1;
         }
         if len < self.min_len || len > ids.len() {

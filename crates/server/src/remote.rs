@@ -4,7 +4,7 @@
 
 use crate::api::ApiError;
 use base64::Engine as _;
-use pixlm_engine::{ChatMessage, Content, Part};
+use pixlm_engine::{short_url, ChatMessage, Content, Part};
 use std::io::Read;
 use std::time::Duration;
 
@@ -83,18 +83,10 @@ fn sniff_mime(b: &[u8]) -> &'static str {
     }
 }
 
-fn short(url: &str) -> String {
-    if url.chars().count() > 80 {
-        format!("{}...", url.chars().take(77).collect::<String>())
-    } else {
-        url.to_string()
-    }
-}
-
 /// GETs `url`: at most `limits.max_bytes` of body within `limits.timeout`, at most 3
 /// redirects, status 200 only.
 pub fn fetch(url: &str, limits: &RemoteLimits) -> Result<Vec<u8>, ApiError> {
-    let u = short(url);
+    let u = short_url(url);
     let failed = |why: String| {
         ApiError::bad("", format!("could not fetch the image {u}: {why}"))
             .with_code("image_fetch_failed")

@@ -1,11 +1,12 @@
 //! Continuous batching: one thread owns the forward passes. Each step it admits waiting
-//! requests (their whole prompt is prefilled inside the step's packed forward), runs ONE
-//! `Model::forward` over every running sequence (new prompts + one decode token each),
+//! requests (looking up the longest cached prefix of each prompt), runs ONE
+//! `Model::forward` over every running sequence (the next chunk of each prompt still being
+//! prefilled, within the step's token budget, and one decode token for the others),
 //! samples each sequence with its own `Sampler`, streams text through `StreamDecoder` and
 //! `StopMatcher` to the request's channel, and frees finished or cancelled sequences at once.
 
 use crate::metrics::Metrics;
-use crate::prefix::{content_key, count_images, is_image, PrefixCache};
+use crate::prefix::{content_key, count_images, is_image, splits_image, PrefixCache};
 use pixlm_engine::sampler::Sampler;
 use pixlm_engine::stream::{StopMatcher, StreamDecoder};
 use pixlm_engine::{Engine, Family, FinishReason, Prepared};
@@ -52,7 +53,8 @@ pub struct SchedulerConfig {
     pub queue_size: usize,
     /// Most sequences in the running batch.
     pub max_running: usize,
-    /// Most prompt tokens prefilled in one step; a longer prompt is still admitted, alone.
+    /// Most prompt tokens prefilled in one step; longer prompts go in chunks over several
+    /// steps (an image larger than this still goes whole, in one).
     pub prefill_token_budget: usize,
     /// Prefix cache bounds (entries, bytes); 0 entries turns it off.
     pub prefix_entries: usize,
@@ -139,7 +141,6 @@ struct Seq {
     done_images: usize,
     /// Prompt tokens the prefix cache gave (usage.prompt_tokens_details.cached_tokens).
     cached: usize,
-    prefilled: bool,
     last: [u32; 1],
     generated: Vec<u32>,
     budget: usize,
@@ -238,7 +239,7 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
         let chunks: Vec<Option<Chunk>> = running
             .iter()
             .map(|q| {
-                if q.prefilled {
+                if q.prefilled() {
                     return None;
                 }
                 let c = next_chunk(&q.key, q.done_ids, budget)?;
@@ -252,16 +253,16 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
         let logits = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut inputs: Vec<SeqInput> = Vec::with_capacity(running.len());
             for (i, q) in running.iter_mut().enumerate() {
+                let prefilled = q.prefilled();
                 let Seq {
                     job,
                     cache,
-                    prefilled,
                     last,
                     done_ids,
                     done_images,
                     ..
                 } = q;
-                if *prefilled {
+                if prefilled {
                     slot[i] = Some(inputs.len());
                     inputs.push(SeqInput {
                         ids: &last[..],
@@ -322,7 +323,6 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                     outcomes.push(StepOutcome::Running);
                     continue;
                 }
-                q.prefilled = true;
                 metrics
                     .prompt_tokens
                     .fetch_add(q.job.prepared.ids.len() as u64, Relaxed);
@@ -394,9 +394,7 @@ fn next_chunk(key: &[u64], done: usize, budget: usize) -> Option<Chunk> {
         return None;
     }
     let mut end = (done + budget).min(n);
-    // Whether a chunk ending at `e` would cut an image between two of its tokens.
-    let cuts = |e: usize| e > 0 && e < n && is_image(key[e]) && is_image(key[e - 1]);
-    if cuts(end) {
+    if splits_image(key, end) {
         let mut start = end;
         while start > done && is_image(key[start - 1]) {
             start -= 1;
@@ -406,7 +404,7 @@ fn next_chunk(key: &[u64], done: usize, budget: usize) -> Option<Chunk> {
             end = start;
         } else {
             // The chunk starts with the image: all of it.
-            while cuts(end) {
+            while splits_image(key, end) {
                 end += 1;
             }
         }
@@ -415,6 +413,13 @@ fn next_chunk(key: &[u64], done: usize, budget: usize) -> Option<Chunk> {
         end,
         images: count_images(&key[done..end]),
     })
+}
+
+impl Seq {
+    /// Whether the whole prompt is in the cache (the sequence decodes).
+    fn prefilled(&self) -> bool {
+        self.done_ids == self.job.prepared.ids.len()
+    }
 }
 
 fn new_seq(
@@ -458,7 +463,6 @@ fn new_seq(
         done_ids: skip_ids,
         done_images: skip_images,
         cached: skip_ids,
-        prefilled: false,
         last: [0],
         generated: Vec::new(),
         budget,
