@@ -153,12 +153,13 @@ pub(crate) fn active_weight_bytes(cfg: &ModelConfig, linear_bytes: f64, head_byt
 /// weights, Q4_K: 144 per 256); the head stays dense at `dtype`. (Layers too narrow for the
 /// block size stay dense; the NEO and Qwen3 shapes fit.)
 pub(crate) fn weight_bytes(dtype: DType, quant: Option<QuantFormat>) -> (f64, f64) {
+    // A quantized load quantizes the head (and embeddings) too (issue #6, BENCHMARKS.md).
     let dense = dtype.size_in_bytes() as f64;
     let linear = quant.map_or(dense, |q| {
         let g = q.ggml();
         g.type_size() as f64 / g.block_size() as f64
     });
-    (linear, dense)
+    (linear, linear)
 }
 
 /// Read bandwidth of this machine now, in bytes/s: all threads summing a 1 GiB buffer.
@@ -408,14 +409,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn weight_bytes_follow_the_gguf_blocks_and_the_dense_head() {
+    fn weight_bytes_follow_the_gguf_blocks() {
         assert_eq!(
             weight_bytes(DType::F32, Some(QuantFormat::Q8_0)),
-            (34.0 / 32.0, 4.0)
+            (34.0 / 32.0, 34.0 / 32.0)
         );
         assert_eq!(
             weight_bytes(DType::F32, Some(QuantFormat::Q4K)),
-            (144.0 / 256.0, 4.0)
+            (144.0 / 256.0, 144.0 / 256.0)
         );
         assert_eq!(weight_bytes(DType::BF16, None), (2.0, 2.0));
         assert_eq!(weight_bytes(DType::F32, None), (4.0, 4.0));

@@ -27,8 +27,9 @@ pub struct Format {
     pub name: &'static str,
     /// `llama-quantize` type for the linear layers (`None`: the f32 file as written).
     llama_type: Option<&'static str>,
-    /// pixlm's compute dtype (also the type of the output head and token embedding, in both
-    /// engines) and load-time quantization.
+    /// pixlm's compute dtype and load-time quantization. The output head and token embedding
+    /// are in the quantized type when there is one (pixlm's default, issue #6), else in the
+    /// compute dtype, in both engines.
     dtype: DType,
     quant: Option<QuantFormat>,
 }
@@ -52,8 +53,6 @@ pub const FORMATS: [Format; 5] = [
         dtype: DType::BF16,
         quant: None,
     },
-    // pixlm keeps the output head dense at the compute dtype (f32) for quantized linears
-    // (issue #6); llama.cpp is told to do the same.
     Format {
         name: "q8_0",
         llama_type: Some("Q8_0"),
@@ -277,10 +276,15 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
     let Some(ty) = f.llama_type else {
         return Ok(());
     };
+    let table = if f.quant.is_some() {
+        ty.to_string()
+    } else {
+        f.dtype.as_str().to_string()
+    };
     let out = Command::new(bin.join("llama-quantize"))
         .arg("--pure")
-        .args(["--token-embedding-type", f.dtype.as_str()])
-        .args(["--output-tensor-type", f.dtype.as_str()])
+        .args(["--token-embedding-type", &table])
+        .args(["--output-tensor-type", &table])
         .arg(src)
         .arg(dst)
         .arg(ty)

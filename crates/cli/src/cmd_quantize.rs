@@ -1,5 +1,6 @@
-//! `pixlm quantize`: a checkpoint directory to one GGUF file (linear layers in Q8_0 or Q4_K,
-//! everything else f32, config and tokenizer in the metadata), loadable with `--model FILE.gguf`.
+//! `pixlm quantize`: a checkpoint directory to one GGUF file (weight matrices in Q8_0 or Q4_K,
+//! norms and biases f32, config and tokenizer in the metadata), loadable with
+//! `--model FILE.gguf`.
 
 use crate::common::resolve_model;
 use anyhow::{bail, Context, Result};
@@ -17,13 +18,19 @@ pub struct QuantizeArgs {
     /// Checkpoint directory (default: the shipped shapes model).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Weight format of the linear layers.
+    /// Weight format of the weight matrices: linear layers, token embeddings, output head and
+    /// patch embedding. Matrices whose input dimension is not a multiple of the block stay f32
+    /// (q8_0: 32); q4_k uses Q4_0 where 256 does not fit but 32 does.
     #[arg(long, value_parser = ["q8_0", "q4_k"])]
     pub to: String,
+    /// Keep the token embeddings, output head and patch embedding in f32 (larger file, the
+    /// linear layers alone quantized).
+    #[arg(long)]
+    pub dense_embeddings: bool,
     /// The GGUF file to write.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// List every linear layer that stays dense, with the reason.
+    /// List every weight matrix that stays dense, with the reason.
     #[arg(long, short)]
     pub verbose: bool,
     /// No progress bar.
@@ -49,25 +56,40 @@ pub fn run(a: QuantizeArgs) -> Result<i32> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} tensors [{elapsed_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = pixlm_engine::engine::export_gguf(&dir, format, &a.output, &mut |ev| match ev {
-        ExportEvent::Start { tensors } => bar.set_length(tensors as u64),
-        ExportEvent::Tensor { name } => {
-            bar.set_message(name.to_string());
-            bar.inc(1);
-        }
-        ExportEvent::Writing => bar.set_message(format!("writing {}", a.output.display())),
-    })
-    .with_context(|| format!("quantizing {} to {format}", dir.display()))?;
+    let report =
+        pixlm_engine::engine::export_gguf(&dir, format, a.dense_embeddings, &a.output, &mut |ev| {
+            match ev {
+                ExportEvent::Start { tensors } => bar.set_length(tensors as u64),
+                ExportEvent::Tensor { name } => {
+                    bar.set_message(name.to_string());
+                    bar.inc(1);
+                }
+                ExportEvent::Writing => bar.set_message(format!("writing {}", a.output.display())),
+            }
+        })
+        .with_context(|| format!("quantizing {} to {format}", dir.display()))?;
     bar.finish_and_clear();
 
     let l = &report.linears;
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, c) in &l.layers {
+        if let LinearChoice::Quantized(t) = c {
+            *by_type.entry(format!("{t:?}")).or_default() += 1;
+        }
+    }
+    let types = by_type
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut out = String::new();
     writeln!(
         out,
-        "wrote {} ({format}): {} tensors, {} linear layers quantized, {} linear layers dense, {} other tensors f32",
+        "wrote {} ({format}): {} tensors, {} weight matrices quantized ({}), {} weight matrices dense, {} other tensors f32",
         a.output.display(),
         report.tensors,
         l.num_quantized(),
+        types,
         l.num_dense(),
         report.f32_tensors.saturating_sub(l.num_dense()),
     )?;
@@ -81,12 +103,12 @@ pub fn run(a: QuantizeArgs) -> Result<i32> {
         }
     }
     for (why, n) in reasons {
-        writeln!(out, "    {n} dense linear layers: {why}")?;
+        writeln!(out, "    {n} dense: {why}")?;
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     writeln!(
         out,
-        "    {:.1}% of parameters in quantized linears; file {:.2} MiB = {:.3}x the f32 weights ({:.2} MiB)",
+        "    {:.1}% of parameters quantized; file {:.2} MiB = {:.3}x the f32 weights ({:.2} MiB)",
         100.0 * report.quantized_params as f64 / report.total_params.max(1) as f64,
         mib(report.file_bytes),
         report.file_bytes as f64 / report.f32_bytes.max(1) as f64,

@@ -57,11 +57,15 @@ pub struct ComputeArgs {
     /// Run on the GPU (needs a build with --features cuda or metal).
     #[arg(long)]
     pub gpu: bool,
-    /// Quantize the linear layers at load: q8_0 or q4_k. Layers whose input dimension is not a
-    /// multiple of the block size (32 for q8_0, 256 for q4_k) stay dense, as do embeddings,
-    /// the output head, norms and the patch embedding.
+    /// Quantize the weight matrices at load: q8_0 or q4_k (linear layers, token embeddings,
+    /// output head, patch embedding; norms and biases stay as stored). Matrices whose input
+    /// dimension is not a multiple of the block (32 for q8_0, 256 for q4_k) stay dense, except
+    /// that q4_k uses Q4_0 where 32 fits.
     #[arg(long, value_parser = ["q8_0", "q4_k"])]
     pub quant: Option<String>,
+    /// With --quant, keep token embeddings, output head and patch embedding unquantized.
+    #[arg(long, requires = "quant")]
+    pub dense_embeddings: bool,
 }
 
 impl ComputeArgs {
@@ -97,6 +101,7 @@ impl ComputeArgs {
             device,
             dtype,
             quant,
+            dense_embeddings: self.dense_embeddings,
         })
     }
 }

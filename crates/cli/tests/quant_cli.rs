@@ -32,9 +32,10 @@ fn quantize_to_gguf_then_run_from_the_single_file() {
     ]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    // hidden 64 / intermediate 128: every linear fits Q8_0's 32-blocks.
+    // hidden 64 / intermediate 128: every weight matrix fits Q8_0's 32-blocks: 36 linears,
+    // the tied embedding table and the patch embedding's two convolutions.
     assert!(
-        stdout.contains("36 linear layers quantized, 0 linear layers dense"),
+        stdout.contains("39 weight matrices quantized (39 Q8_0), 0 weight matrices dense"),
         "{stdout}"
     );
     // The file alone: copied into an empty directory, away from the checkpoint.
@@ -138,7 +139,7 @@ fn qwen3_gguf_keeps_chat_template_and_stop_tokens() {
     assert!(o.status.success(), "{stderr}");
     // hidden 16 does not fit Q8_0's 32-blocks: those layers stay dense and are counted.
     assert!(
-        stdout.contains("dense linear layers: input dim 16 is not a multiple of 32"),
+        stdout.contains("dense: input dim 16 is not a multiple of 32"),
         "{stdout}"
     );
     let run = |m: &str, extra: &[&str]| {

@@ -243,8 +243,15 @@ impl Engine {
                     Some(text) => Some(chat_template_from_json(text, dir)?),
                     None => None,
                 };
-                let (m, _) =
-                    gguf::load_model(g, &config, neo_ids, opts.dtype, &opts.device, opts.quant)?;
+                let (m, _) = gguf::load_model(
+                    g,
+                    &config,
+                    neo_ids,
+                    opts.dtype,
+                    &opts.device,
+                    opts.quant,
+                    opts.dense_embeddings,
+                )?;
                 (t, m)
             }
             None => (
@@ -579,6 +586,7 @@ fn chat_template_from_json(text: &str, file: &Path) -> Result<ChatTemplate> {
 pub fn export_gguf(
     dir: &Path,
     format: pixlm_models::QuantFormat,
+    dense_embeddings: bool,
     out: &Path,
     progress: &mut dyn FnMut(gguf::ExportEvent),
 ) -> Result<gguf::ExportReport> {
@@ -630,6 +638,13 @@ pub fn export_gguf(
         ModelConfig::Qwen3(_) => None,
     };
     Ok(gguf::export(
-        dir, &config, neo_ids, format, &texts, out, progress,
+        dir,
+        &config,
+        neo_ids,
+        format,
+        dense_embeddings,
+        &texts,
+        out,
+        progress,
     )?)
 }

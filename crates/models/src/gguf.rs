@@ -1,6 +1,7 @@
-//! A whole pixlm model in one GGUF file: every tensor under its checkpoint name (linear weights
-//! in Q8_0 or Q4_K where their shape allows, everything else in f32) and the checkpoint's text
-//! files in the metadata, so the file is all `pixlm run --model FILE.gguf` needs.
+//! A whole pixlm model in one GGUF file: every tensor under its checkpoint name (weight
+//! matrices in Q8_0 or Q4_K where their shape allows, Q4_K's narrow ones in its Q4_0 fallback,
+//! everything else in f32) and the checkpoint's text files in the metadata, so the file is all
+//! `pixlm run --model FILE.gguf` needs.
 //!
 //! Metadata written by [`export`]:
 //! - `general.architecture`: the config's `model_type` (`neo_chat`, `qwen3`, `qwen3_moe`)
@@ -11,11 +12,15 @@
 //! - optional texts the caller passes, e.g. `pixlm.generation_config_json`,
 //!   `pixlm.chat_template_json` (the resolved chat template and its special tokens).
 //!
-//! Why embeddings, the output head, norms and the patch embedding stay f32: the embedding table
-//! is a lookup (quantizing it saves file size but no compute), the head's logits are what the
-//! sampler ranks (its error lands directly on the token choice; with tied embeddings it is the
-//! same tensor), norms and biases are tiny vectors, and the patch embedding's input dimension
-//! (3·16·16 = 768) and the 2x2 conv's are small and run once per image.
+//! What is quantized is decided by the same loader as `--quant` at load time: every linear
+//! layer, and by default the embedding-like matrices too (token embeddings, a separate output
+//! head, the patch embedding's two convolutions, stored quantized as (out, in) matrices); norms
+//! and biases are tiny vectors and stay f32. `dense_embeddings` keeps the embedding-like ones
+//! in f32 (BENCHMARKS.md has the measurement behind the default).
+//!
+//! [`export`] streams: the header is computed from the plan (every tensor's final type and
+//! shape are known before any weight is read), then each tensor is read, converted, written and
+//! dropped, so memory stays at one tensor whatever the model's size.
 //!
 //! Loading maps the file read-only; each tensor is then copied once out of the map by candle
 //! (quantized blocks into a `QTensor`, f32 tensors into the compute dtype).
@@ -306,9 +311,12 @@ pub fn load_model(
     dtype: DType,
     device: &Device,
     quant: Option<QuantFormat>,
+    dense_embeddings: bool,
 ) -> Result<(Model, LinearReport)> {
     let vb = var_builder(file, dtype, device);
-    let loader = Rc::new(LinearLoader::new(quant, Some(file.clone())));
+    let mut loader = LinearLoader::new(quant, Some(file.clone()));
+    loader.dense_embeddings = dense_embeddings;
+    let loader = Rc::new(loader);
     let model = loader.scope(|| Model::from_var_builder(&vb, cfg, neo_ids))?;
     Ok((model, loader.take_report()))
 }
@@ -341,15 +349,18 @@ pub struct ExportReport {
     pub file_bytes: u64,
 }
 
-/// Writes the checkpoint in `dir` as one GGUF file at `out`: linear weights in `format` where
+/// Writes the checkpoint in `dir` as one GGUF file at `out`: weight matrices in `format` where
 /// their input dimension allows (the same decision as `LoadOptions::quant`, made by
-/// `Linear::load`), every other tensor in f32, and `texts` (key, text) in the metadata, which
-/// must include [`REQUIRED_KEYS`].
+/// `Linear::load`; embedding-like ones only without `dense_embeddings`), every other tensor
+/// in f32, and `texts` (key, text) in the metadata, which must include [`REQUIRED_KEYS`].
+/// Tensors are converted and written one at a time.
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     dir: &Path,
     cfg: &ModelConfig,
     neo_ids: Option<NeoSpecialIds>,
     format: QuantFormat,
+    dense_embeddings: bool,
     texts: &[(String, String)],
     out: &Path,
     progress: &mut dyn FnMut(ExportEvent),
@@ -375,45 +386,48 @@ pub fn export(
 
     // Plan: build the model over placeholder weights (shapes checked against the checkpoint,
     // no data read) with a planning loader, so `Linear::load` decides layer by layer what is a
-    // linear weight and whether it fits the format, exactly as `--quant` does at load.
+    // weight matrix and whether it fits the format, exactly as `--quant` does at load.
     let st = Arc::new(st);
     let vb = VarBuilder::from_backend(Box::new(ShapeOnly(st.clone())), DType::F32, cpu.clone());
     let mut loader = LinearLoader::new(Some(format), None);
     loader.plan_only = true;
+    loader.dense_embeddings = dense_embeddings;
     let loader = Rc::new(loader);
     drop(loader.scope(|| Model::from_var_builder(&vb, cfg, neo_ids))?);
     let linears = loader.take_report();
-    let planned: HashMap<&str, QuantFormat> = linears
+    let planned: HashMap<&str, GgmlDType> = linears
         .layers
         .iter()
         .filter_map(|(n, c)| match c {
-            LinearChoice::Quantized(f) => Some((n.as_str(), *f)),
+            LinearChoice::Quantized(t) => Some((n.as_str(), *t)),
             LinearChoice::Dense(_) => None,
         })
         .collect();
 
-    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    // Every tensor's stored type and shape, before reading any: a quantized matrix is stored
+    // (out, in) (a convolution's kernel dims folded into `in`), a scalar as one element.
+    let mut infos: Vec<TensorOut> = Vec::with_capacity(names.len());
     let (mut f32_bytes, mut quantized_params, mut total_params, mut f32_tensors) = (0u64, 0, 0, 0);
     for name in &names {
-        let t = st.load(name, &cpu)?;
-        let elems = t.elem_count();
+        let dims = st.get(name)?.shape().to_vec();
+        let elems: usize = dims.iter().product();
         total_params += elems;
         f32_bytes += 4 * elems as u64;
-        let q = match planned.get(name.as_str()) {
-            Some(f) => {
+        let (ty, dims) = match planned.get(name.as_str()) {
+            Some(&ty) => {
                 quantized_params += elems;
-                QTensor::quantize(&t, f.ggml())
-                    .map_err(|e| ModelError::Weights(format!("quantizing {name} to {f}: {e}")))?
+                (ty, vec![dims[0], elems / dims[0].max(1)])
             }
             None => {
                 f32_tensors += 1;
-                let t = t.to_dtype(DType::F32)?;
-                let t = if t.rank() == 0 { t.reshape(1)? } else { t };
-                QTensor::quantize(&t, GgmlDType::F32)?
+                (GgmlDType::F32, if dims.is_empty() { vec![1] } else { dims })
             }
         };
-        tensors.push((name.clone(), q));
-        progress(ExportEvent::Tensor { name });
+        infos.push(TensorOut {
+            name: name.clone(),
+            ty,
+            dims,
+        });
     }
 
     let arch = serde_json::from_str::<serde_json::Value>(
@@ -440,22 +454,45 @@ pub fn export(
         (KEY_FORMAT_VERSION.into(), Value::U32(1)),
     ];
     for (k, t) in texts {
-        meta.push((k.clone(), Value::String(t.clone())));
+        meta.push((k.clone(), Value::String(compact_json(t))));
     }
-    progress(ExportEvent::Writing);
     let tmp = out.with_extension("gguf.partial");
     let io = |e: std::io::Error| ModelError::Io {
         path: tmp.clone(),
         source: e,
     };
-    {
+    let written = (|| -> Result<()> {
         let f = std::fs::File::create(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::new(f);
-        let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, q)| (k.as_str(), q)).collect();
-        gguf_file::write(&mut w, &meta_refs, &t_refs)?;
+        write_header(&mut w, &meta, &infos).map_err(io)?;
+        for info in &infos {
+            let t = st.load(&info.name, &cpu)?.to_dtype(DType::F32)?;
+            let t = t.reshape(info.dims.as_slice())?;
+            let q = QTensor::quantize(&t, info.ty).map_err(|e| {
+                ModelError::Weights(format!("quantizing {} to {:?}: {e}", info.name, info.ty))
+            })?;
+            let data = q.data()?;
+            if data.len() != info.bytes() {
+                return Err(ModelError::Weights(format!(
+                    "{}: {} bytes quantized, {} planned",
+                    info.name,
+                    data.len(),
+                    info.bytes()
+                )));
+            }
+            use std::io::Write;
+            w.write_all(&data).map_err(io)?;
+            w.write_all(&[0u8; ALIGN][..pad(data.len())]).map_err(io)?;
+            progress(ExportEvent::Tensor { name: &info.name });
+        }
+        progress(ExportEvent::Writing);
         use std::io::Write;
         w.flush().map_err(io)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
     std::fs::rename(&tmp, out).map_err(|e| ModelError::Io {
         path: out.to_path_buf(),
@@ -469,11 +506,175 @@ pub fn export(
         .len();
     Ok(ExportReport {
         linears,
-        tensors: tensors.len(),
+        tensors: infos.len(),
         f32_tensors,
         quantized_params,
         total_params,
         f32_bytes,
         file_bytes,
     })
+}
+
+/// `text` without the whitespace between JSON tokens when it is JSON (checkpoint files are
+/// often pretty-printed: the shapes model's tokenizer.json shrinks from 38 KB to 15 KB), else
+/// `text` unchanged. Strings, escapes included, are copied as they are.
+pub fn compact_json(text: &str) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// GGUF's default alignment of the tensor data.
+const ALIGN: usize = 32;
+
+fn pad(len: usize) -> usize {
+    (ALIGN - len % ALIGN) % ALIGN
+}
+
+/// One tensor as it will be stored.
+struct TensorOut {
+    name: String,
+    ty: GgmlDType,
+    /// Row-major, outermost first (GGUF stores them innermost first).
+    dims: Vec<usize>,
+}
+
+impl TensorOut {
+    fn bytes(&self) -> usize {
+        let elems: usize = self.dims.iter().product();
+        elems / self.ty.block_size() * self.ty.type_size()
+    }
+}
+
+/// GGML's type ids, as GGUF stores them.
+fn ggml_type_id(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
+    }
+}
+
+/// The GGUF (version 3) header: metadata, then every tensor's name, dims, type and offset
+/// into the data section, then padding to the alignment. Only the value types `export`
+/// writes (strings and u32) are supported.
+fn write_header<W: std::io::Write>(
+    w: &mut W,
+    meta: &[(String, Value)],
+    tensors: &[TensorOut],
+) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let string = |buf: &mut Vec<u8>, s: &str| {
+        buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        buf.extend_from_slice(s.as_bytes());
+    };
+    buf.extend_from_slice(&0x4655_4747u32.to_le_bytes());
+    buf.extend_from_slice(&3u32.to_le_bytes());
+    buf.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        string(&mut buf, k);
+        match v {
+            Value::U32(x) => {
+                buf.extend_from_slice(&4u32.to_le_bytes());
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            Value::String(t) => {
+                buf.extend_from_slice(&8u32.to_le_bytes());
+                string(&mut buf, t);
+            }
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "GGUF metadata {k}: value type {:?} not written by pixlm",
+                    other.value_type()
+                )))
+            }
+        }
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        string(&mut buf, &t.name);
+        buf.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for &d in t.dims.iter().rev() {
+            buf.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        buf.extend_from_slice(&ggml_type_id(t.ty).to_le_bytes());
+        buf.extend_from_slice(&(offset as u64).to_le_bytes());
+        offset += t.bytes() + pad(t.bytes());
+    }
+    buf.resize(buf.len() + pad(buf.len()), 0);
+    w.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_json_keeps_strings_and_meaning() {
+        let text = "{\n  \"a b\": \"x \\\" y \\\\\",\n\t\"c\" : [1, 2, {\"d\": \" \\n \"}]\r\n}";
+        let c = compact_json(text);
+        assert_eq!(
+            c,
+            "{\"a b\":\"x \\\" y \\\\\",\"c\":[1,2,{\"d\":\" \\n \"}]}"
+        );
+        let a: serde_json::Value = serde_json::from_str(text).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&c).unwrap();
+        assert_eq!(a, b);
+        // Not JSON: unchanged.
+        assert_eq!(compact_json("not { json"), "not { json");
+    }
+
+    #[test]
+    fn header_offsets_follow_the_aligned_sizes() {
+        let t = |name: &str, ty, dims: Vec<usize>| TensorOut {
+            name: name.into(),
+            ty,
+            dims,
+        };
+        let tensors = [
+            t("a", GgmlDType::F32, vec![3]),
+            t("b", GgmlDType::Q8_0, vec![2, 32]),
+        ];
+        let mut buf = Vec::new();
+        write_header(&mut buf, &[("k".into(), Value::U32(7))], &tensors).unwrap();
+        assert_eq!(buf.len() % ALIGN, 0);
+        assert_eq!(tensors[0].bytes(), 12);
+        assert_eq!(tensors[1].bytes(), 68);
+        // Unsupported metadata types are an error, not a corrupt file.
+        let err = write_header(&mut Vec::new(), &[("k".into(), Value::F32(1.0))], &tensors);
+        assert!(err.is_err());
+    }
 }

@@ -121,10 +121,13 @@ pub enum Model {
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
-    /// Quantize every linear layer whose input dimension fits the format's block size
-    /// (embeddings, the output head, norms and the patch embedding stay in `dtype`). For a
-    /// GGUF file, layers stored quantized stay as stored and this applies to the dense rest.
+    /// Quantize every weight matrix whose input dimension fits the format's block size
+    /// (Q4_K falls back to Q4_0 where only 32 fits): linear layers, token embeddings, the
+    /// output head and the patch embedding; norms and biases stay in `dtype`. For a GGUF file,
+    /// weights stored quantized stay as stored and this applies to the dense rest.
     pub quant: Option<QuantFormat>,
+    /// With `quant`, keep token embeddings, the output head and the patch embedding in `dtype`.
+    pub dense_embeddings: bool,
 }
 
 impl Default for LoadOptions {
@@ -133,6 +136,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             quant: None,
+            dense_embeddings: false,
         }
     }
 }
@@ -159,14 +163,34 @@ impl Model {
     ) -> Result<(Self, LinearReport)> {
         let (model, report) = if gguf::is_gguf(path) {
             let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
-            gguf::load_model(&file, cfg, neo_ids, opts.dtype, &opts.device, opts.quant)?
+            gguf::load_model(
+                &file,
+                cfg,
+                neo_ids,
+                opts.dtype,
+                &opts.device,
+                opts.quant,
+                opts.dense_embeddings,
+            )?
         } else {
             let vb = weights::var_builder(path, opts.dtype, &opts.device)?;
-            Self::from_var_builder_quantized(&vb, cfg, neo_ids, opts.quant)?
+            match opts.quant {
+                None => (
+                    Self::from_var_builder(&vb, cfg, neo_ids)?,
+                    LinearReport::default(),
+                ),
+                Some(q) => {
+                    let mut loader = layers::linear::LinearLoader::new(Some(q), None);
+                    loader.dense_embeddings = opts.dense_embeddings;
+                    let loader = std::rc::Rc::new(loader);
+                    let m = loader.scope(|| Self::from_var_builder(&vb, cfg, neo_ids))?;
+                    (m, loader.take_report())
+                }
+            }
         };
         if !report.layers.is_empty() {
             tracing::info!(
-                "{}: {} linear layers quantized, {} dense",
+                "{}: {} weight matrices quantized, {} dense",
                 path.display(),
                 report.num_quantized(),
                 report.num_dense()
@@ -195,7 +219,7 @@ impl Model {
         }
     }
 
-    /// As [`Model::from_var_builder`], quantizing the linear layers to `quant` where their
+    /// As [`Model::from_var_builder`], quantizing the weight matrices to `quant` where their
     /// shape allows (e.g. random-weight benchmarks of a quantized model). `None` is exactly
     /// `from_var_builder` (dense, differentiable) with an empty report.
     pub fn from_var_builder_quantized(

@@ -4,7 +4,8 @@
 use crate::config::NeoConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
-use crate::layers::rope;
+use crate::layers::linear::WeightRole;
+use crate::layers::{rope, Linear};
 use crate::transformer::{Backbone, Positions, Trace};
 use crate::weights;
 use crate::{ImageInput, SeqInput};
@@ -21,9 +22,9 @@ pub struct NeoSpecialIds {
 
 /// The patch embedding layer (spec §4): conv16 → GELU → 2-D interleaved RoPE → 2x2 conv.
 struct PatchEmbedding {
-    patch_w: Tensor, // (C, 3*p*p)
+    patch_w: Linear, // (C, 3*p*p)
     patch_b: Tensor, // (C)
-    dense_w: Tensor, // (D, 4*C) in (c, dy, dx) order
+    dense_w: Linear, // (D, 4*C) in (c, dy, dx) order
     dense_b: Tensor, // (D)
     channels: usize,
     patch: usize,
@@ -35,15 +36,23 @@ impl PatchEmbedding {
         let v = &cfg.vision_config;
         let (c, p, d) = (v.hidden_size, v.patch_size, cfg.llm_config.hidden_size);
         let vb = vb.pp("vision_model").pp("embeddings");
-        let init = candle_nn::Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
-        let patch_w = weights::get(&vb, (c, 3, p, p), "patch_embedding.weight", init)?
-            .reshape((c, 3 * p * p))?;
+        let patch_w = Linear::load_as(
+            &vb,
+            (c, 3, p, p).into(),
+            3 * p * p,
+            c,
+            "patch_embedding",
+            WeightRole::Embedding,
+        )?;
         let patch_b = weights::get(&vb, c, "patch_embedding.bias", candle_nn::Init::Const(0.))?;
-        let dense_w =
-            weights::get(&vb, (d, c, 2, 2), "dense_embedding.weight", init)?.reshape((d, 4 * c))?;
+        let dense_w = Linear::load_as(
+            &vb,
+            (d, c, 2, 2).into(),
+            4 * c,
+            d,
+            "dense_embedding",
+            WeightRole::Embedding,
+        )?;
         let dense_b = weights::get(&vb, d, "dense_embedding.bias", candle_nn::Init::Const(0.))?;
         Ok(Self {
             patch_w,
@@ -58,7 +67,7 @@ impl PatchEmbedding {
 
     /// All images' tokens, concatenated in order: (Σ gh·gw/4, D).
     fn forward(&self, images: &[&ImageInput], dtype: DType) -> Result<Tensor> {
-        let dev = self.patch_w.device();
+        let dev = self.patch_b.device();
         let feat = 3 * self.patch * self.patch;
         let mut pixels = Vec::new();
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
@@ -73,8 +82,9 @@ impl PatchEmbedding {
         }
         let total = xs.len();
         let x = Tensor::from_vec(pixels, (total, feat), dev)?.to_dtype(dtype)?;
-        let p = x
-            .matmul(&self.patch_w.t()?)?
+        let p = self
+            .patch_w
+            .forward(&x)?
             .broadcast_add(&self.patch_b)?
             .gelu_erf()?;
         // 2-D RoPE in f32: channel pairs of the first half rotate by column x, of the second
@@ -101,7 +111,7 @@ impl PatchEmbedding {
             off += n;
         }
         let g = Tensor::cat(&gathered, 0)?;
-        Ok(g.matmul(&self.dense_w.t()?)?.broadcast_add(&self.dense_b)?)
+        Ok(self.dense_w.forward(&g)?.broadcast_add(&self.dense_b)?)
     }
 }
 

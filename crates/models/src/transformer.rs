@@ -9,8 +9,8 @@
 
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::{attention, block_mask, rope, GatedMlp, Linear, MoeBlock, RmsNorm};
-use crate::weights;
+use crate::layers::linear::WeightRole;
+use crate::layers::{attention, block_mask, rope, Embedding, GatedMlp, Linear, MoeBlock, RmsNorm};
 use crate::SeqInput;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -235,10 +235,10 @@ struct DecoderLayer {
 /// The decoder stack with its embeddings and output head.
 pub struct Backbone {
     pub cfg: TextConfig,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_t: Vec<f32>,
     inv_hw: Vec<f32>,
     native_rope: bool,
@@ -251,16 +251,7 @@ impl Backbone {
     /// the checkpoint root for Qwen3).
     pub fn load(vb: &VarBuilder, cfg: &TextConfig, tied: bool, native_rope: bool) -> Result<Self> {
         let m = vb.pp("model");
-        let init = candle_nn::Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
-        let embed = weights::get(
-            &m,
-            (cfg.vocab_size, cfg.hidden_size),
-            "embed_tokens.weight",
-            init,
-        )?;
+        let embed = Embedding::load(&m, cfg.vocab_size, cfg.hidden_size, "embed_tokens")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp("layers").pp(i.to_string());
@@ -278,14 +269,10 @@ impl Backbone {
         }
         let norm = RmsNorm::load(&m, cfg.hidden_size, cfg.rms_norm_eps, "norm")?;
         let lm_head = if tied {
-            embed.clone()
+            embed.as_linear()
         } else {
-            weights::get(
-                vb,
-                (cfg.vocab_size, cfg.hidden_size),
-                "lm_head.weight",
-                init,
-            )?
+            let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+            Linear::load_as(vb, (v, d).into(), d, v, "lm_head", WeightRole::Embedding)?
         };
         let hd = cfg.head_dim();
         Ok(Self {
@@ -320,8 +307,7 @@ impl Backbone {
                 self.cfg.vocab_size
             )));
         }
-        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
-        Ok(self.embed.index_select(&idx, 0)?)
+        self.embed.lookup(ids, self.dtype, &self.device)
     }
 
     fn tables(&self, pos: &Positions) -> Result<RopeTables> {
@@ -414,11 +400,7 @@ impl Backbone {
         } else {
             hn.index_select(&Tensor::from_slice(&rows, rows.len(), &self.device)?, 0)?
         };
-        let logits = match crate::kernels::dense_matmul_t(&sel, &self.lm_head)? {
-            Some(l) => l,
-            None => sel.matmul(&self.lm_head.t()?)?,
-        }
-        .to_dtype(DType::F32)?;
+        let logits = self.lm_head.forward(&sel)?.to_dtype(DType::F32)?;
         spans
             .into_iter()
             .map(|(start, len, want)| {

@@ -38,7 +38,7 @@ fn row(
         })
         .unwrap_or_else(|| "-".into());
     println!(
-        "| {name} | {fmt} | {}/{} linears | {:.1}% ({} pos) | {:.3e} | {:.3e} | {:.4} | {}/{} | {size} |",
+        "| {name} | {fmt} | {}/{} matrices | {:.1}% ({} pos) | {:.3e} | {:.3e} | {:.4} | {}/{} | {size} |",
         quantized,
         quantized + dense,
         100.0 * a.top1,
@@ -85,7 +85,7 @@ fn measure(
             let out =
                 std::env::temp_dir().join(format!("pixlm-acc-{}-{fmt}.gguf", std::process::id()));
             let texts = texts(&std::fs::read_to_string(dir.join("config.json")).unwrap());
-            let rep = gguf::export(dir, &cfg, neo, fmt, &texts, &out, &mut |_| {}).unwrap();
+            let rep = gguf::export(dir, &cfg, neo, fmt, false, &texts, &out, &mut |_| {}).unwrap();
             let _ = std::fs::remove_file(&out);
             Some((rep.file_bytes, rep.f32_bytes))
         } else {

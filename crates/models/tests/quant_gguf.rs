@@ -52,12 +52,15 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         .len();
     // (format, mean |error| / mean |logit|, max |error| / max |logit|, top-1 agreement, size ratio)
     for (fmt, tol_mean, tol_max, min_top1, max_ratio) in [
-        (QuantFormat::Q8_0, 0.04, 0.06, 0.9, 0.42),
-        (QuantFormat::Q4K, 0.2, 0.35, 0.6, 0.32),
+        (QuantFormat::Q8_0, 0.04, 0.06, 0.9, 0.27),
+        (QuantFormat::Q4K, 0.2, 0.35, 0.6, 0.16),
     ] {
         // 1. Quantized at load from safetensors.
         let (q, report) = load(&dir, Some(fmt));
-        let linears = SHAPE.layers * 9; // q k v o q_hw k_hw gate up down
+        // q k v o q_hw k_hw gate up down per layer, then embed_tokens, lm_head, and the patch
+        // embedding's two convolutions (input 768 fits both; the 2x2 conv's 128 takes Q4_K's
+        // Q4_0 fallback).
+        let linears = SHAPE.layers * 9 + 4;
         assert_eq!(
             report.num_quantized(),
             linears,
@@ -88,6 +91,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
             &cfg,
             Some(ids(SHAPE.vocab)),
             fmt,
+            false,
             &texts(&cfg_text),
             &out,
             &mut |_| events += 1,
@@ -104,20 +108,59 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         assert!(ratio < max_ratio, "{fmt}: size ratio {ratio}");
         let g = GgufFile::open(&out).unwrap();
         assert_eq!(g.quantization(), Some(fmt));
-        assert_eq!(g.text("pixlm.config_json"), Some(cfg_text.as_str()));
+        // Texts are stored compacted: the same JSON.
+        let stored: serde_json::Value =
+            serde_json::from_str(g.text("pixlm.config_json").unwrap()).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::from_str::<serde_json::Value>(&cfg_text).unwrap()
+        );
         assert_eq!(g.text("general.architecture"), Some("neo_chat"));
         assert_eq!(
             g.tensor_type("language_model.model.layers.0.mlp.down_proj.weight"),
             Some(fmt.ggml())
         );
+        for name in [
+            "language_model.model.embed_tokens.weight",
+            "language_model.lm_head.weight",
+            "vision_model.embeddings.patch_embedding.weight",
+        ] {
+            assert_eq!(g.tensor_type(name), Some(fmt.ggml()), "{name}");
+        }
+        let narrow = match fmt {
+            QuantFormat::Q8_0 => GgmlDType::Q8_0,
+            QuantFormat::Q4K => pixlm_models::layers::linear::Q4K_FALLBACK,
+        };
         assert_eq!(
-            g.tensor_type("language_model.model.embed_tokens.weight"),
-            Some(GgmlDType::F32)
+            g.tensor_type("vision_model.embeddings.dense_embedding.weight"),
+            Some(narrow)
         );
         assert_eq!(
-            g.tensor_type("language_model.lm_head.weight"),
+            g.tensor_type("language_model.model.norm.weight"),
             Some(GgmlDType::F32)
         );
+        // With dense embeddings, only the linear layers are quantized and the file is larger.
+        let out_dense = dir.join(format!("model-{fmt}-dense-emb.gguf"));
+        let rep_dense = gguf::export(
+            &dir,
+            &cfg,
+            Some(ids(SHAPE.vocab)),
+            fmt,
+            true,
+            &texts(&cfg_text),
+            &out_dense,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(rep_dense.linears.num_quantized(), linears - 4);
+        assert!(rep_dense.file_bytes > rep.file_bytes);
+        let gd = GgufFile::open(&out_dense).unwrap();
+        assert_eq!(
+            gd.tensor_type("language_model.model.embed_tokens.weight"),
+            Some(GgmlDType::F32)
+        );
+        let (_, rd) = load(&out_dense, None);
+        assert_eq!(rd.num_quantized(), linears - 4);
         let (from_file, report) = load(&out, None);
         assert_eq!(report.num_quantized(), linears);
         let got2 = all_logits(&from_file, &ids_, &images);
@@ -146,10 +189,12 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
 #[test]
 fn layers_that_do_not_fit_stay_dense_and_are_reported() {
     let dir = temp_dir("narrow");
-    // hidden 64: Q8_0 fits everything (64, 128), Q4_K nothing.
+    // hidden 48 fits no block: q k v q_hw k_hw gate up and the tied embedding stay dense; o
+    // (input 64) and down (96) fit Q8_0's 32 and, under Q4_K, its Q4_0 fallback; the patch
+    // embedding (768) fits both, the 2x2 conv (128) takes the fallback under Q4_K.
     let s = Shape {
-        hidden: 64,
-        inter: 128,
+        hidden: 48,
+        inter: 96,
         heads: 4,
         kv: 2,
         head_dim: 16,
@@ -160,19 +205,65 @@ fn layers_that_do_not_fit_stay_dense_and_are_reported() {
     };
     write_random_neo(&dir, &s, 3);
     let cfg = ModelConfig::from_dir(&dir).unwrap();
-    for (fmt, quantized) in [(QuantFormat::Q8_0, 9), (QuantFormat::Q4K, 0)] {
+    let fallback = pixlm_models::layers::linear::Q4K_FALLBACK;
+    for (fmt, want) in [
+        (
+            QuantFormat::Q8_0,
+            [
+                GgmlDType::Q8_0,
+                GgmlDType::Q8_0,
+                GgmlDType::Q8_0,
+                GgmlDType::Q8_0,
+            ],
+        ),
+        (
+            QuantFormat::Q4K,
+            [fallback, fallback, GgmlDType::Q4K, fallback],
+        ),
+    ] {
         let opts = LoadOptions {
             quant: Some(fmt),
             ..Default::default()
         };
-        let (_, r) = Model::load_with_report(&dir, &cfg, Some(ids(s.vocab)), &opts).unwrap();
-        assert_eq!(r.num_quantized(), quantized, "{fmt}");
-        assert_eq!(r.num_dense(), 9 - quantized, "{fmt}");
+        let (m, r) = Model::load_with_report(&dir, &cfg, Some(ids(s.vocab)), &opts).unwrap();
+        let quantized: Vec<(&str, GgmlDType)> = r
+            .layers
+            .iter()
+            .filter_map(|(n, c)| match c {
+                LinearChoice::Quantized(t) => Some((n.as_str(), *t)),
+                LinearChoice::Dense(_) => None,
+            })
+            .collect();
+        assert_eq!(quantized.len(), 4, "{fmt}: {quantized:?}");
+        let ty = |suffix: &str| {
+            quantized
+                .iter()
+                .find(|(n, _)| n.ends_with(suffix))
+                .map(|(_, t)| *t)
+        };
+        assert_eq!(
+            [
+                ty("o_proj.weight"),
+                ty("down_proj.weight"),
+                ty("patch_embedding.weight"),
+                ty("dense_embedding.weight")
+            ],
+            want.map(Some),
+            "{fmt}"
+        );
+        assert_eq!(r.num_dense(), 8, "{fmt}: {:?}", r.layers);
         for (name, c) in &r.layers {
             if let LinearChoice::Dense(why) = c {
-                assert!(why.contains("not a multiple of 256"), "{name}: {why}");
+                assert!(
+                    why.contains("input dim 48 is not a multiple of 32"),
+                    "{name}: {why}"
+                );
             }
         }
+        // The mixed model runs.
+        let (ids_, images) = prompt(&s, 8);
+        let l = all_logits(&m, &ids_, &images);
+        assert_eq!(l.dims(), &[ids_.len(), s.vocab]);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -269,6 +360,7 @@ fn truncated_gguf_is_an_error_not_a_crash() {
         &cfg,
         Some(ids(s.vocab)),
         QuantFormat::Q8_0,
+        false,
         &texts(&cfg_text),
         &out,
         &mut |_| {},

@@ -1,6 +1,7 @@
 //! The pieces every architecture shares, written once.
 
 pub mod attention;
+pub mod embedding;
 pub mod linear;
 pub mod mlp;
 pub mod moe;
@@ -8,6 +9,7 @@ pub mod norm;
 pub mod rope;
 
 pub use attention::{attention, block_mask};
+pub use embedding::Embedding;
 pub use linear::Linear;
 pub use mlp::GatedMlp;
 pub use moe::{MoeBlock, Routing};

@@ -1,0 +1,132 @@
+//! Token embeddings: a (vocab, hidden) table read by row, dense or block-quantized.
+//!
+//! The table loads through [`Linear::load_as`] with [`WeightRole::Embedding`], so the same
+//! loader decides its format as for every other weight matrix; a tied output head is the same
+//! weight used as a [`Linear`]. A quantized table is looked up by copying the wanted rows'
+//! blocks and dequantizing only those.
+
+use super::linear::{Linear, WeightRole};
+use crate::error::{ModelError, Result};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub enum Embedding {
+    /// A dense table (differentiable when it comes from a `VarMap`).
+    Dense(Tensor),
+    /// A quantized table. Off the CPU, `lookup` keeps a dequantized copy: reading rows of a
+    /// device buffer one request at a time would copy the whole table to the host each time.
+    Quantized {
+        table: Arc<QTensor>,
+        lookup: Option<Tensor>,
+    },
+}
+
+impl Embedding {
+    /// Loads the (rows, cols) table `name` (`name.weight` under `vb`).
+    pub fn load(vb: &VarBuilder, rows: usize, cols: usize, name: &str) -> Result<Self> {
+        Ok(
+            match Linear::load_as(
+                vb,
+                (rows, cols).into(),
+                cols,
+                rows,
+                name,
+                WeightRole::Embedding,
+            )? {
+                Linear::Dense(t) => Embedding::Dense(t),
+                Linear::Quantized(q) => Self::from_quantized(q)?,
+            },
+        )
+    }
+
+    pub fn from_quantized(table: Arc<QTensor>) -> Result<Self> {
+        let lookup = if table.device().is_cpu() {
+            None
+        } else {
+            Some(table.dequantize(&table.device())?)
+        };
+        Ok(Embedding::Quantized { table, lookup })
+    }
+
+    /// The table as the weight of a linear layer (a tied output head).
+    pub fn as_linear(&self) -> Linear {
+        match self {
+            Embedding::Dense(t) => Linear::Dense(t.clone()),
+            Embedding::Quantized { table, .. } => Linear::Quantized(table.clone()),
+        }
+    }
+
+    /// Rows `ids` of the table as an (ids.len(), cols) tensor in `dtype` on `device`. Ids are
+    /// checked by the caller against the table's row count.
+    pub fn lookup(&self, ids: &[u32], dtype: DType, device: &Device) -> Result<Tensor> {
+        let idx = || Tensor::from_slice(ids, ids.len(), device);
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),
+            Embedding::Quantized {
+                lookup: Some(t), ..
+            } => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),
+            Embedding::Quantized { table, .. } => {
+                let (rows, cols) = table.shape().dims2()?;
+                if ids.is_empty() {
+                    return Ok(Tensor::zeros((0, cols), dtype, device)?);
+                }
+                let ty = table.dtype();
+                let row_bytes = cols / ty.block_size() * ty.type_size();
+                let data = table.data()?;
+                let mut buf = Vec::with_capacity(ids.len() * row_bytes);
+                for &id in ids {
+                    let id = id as usize;
+                    if id >= rows {
+                        return Err(ModelError::Input(format!(
+                            "token id {id} is past the embedding table ({rows} rows)"
+                        )));
+                    }
+                    buf.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
+                }
+                let storage = QStorage::from_data(std::borrow::Cow::Owned(buf), &Device::Cpu, ty)?;
+                let rows = QTensor::new(storage, (ids.len(), cols))?;
+                Ok(rows.dequantize(device)?.to_dtype(dtype)?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QuantFormat;
+
+    #[test]
+    fn quantized_lookup_is_the_dequantized_table_row() {
+        let w = crate::seeded_randn(5, 0.5, &[37, 64]);
+        let dense = Embedding::Dense(w.clone());
+        for fmt in [QuantFormat::Q8_0, QuantFormat::Q4K] {
+            let Linear::Quantized(q) = Linear::quantized(&w, fmt).unwrap() else {
+                panic!("not quantized")
+            };
+            let full = q.dequantize(&Device::Cpu).unwrap();
+            let e = Embedding::from_quantized(q).unwrap();
+            let ids = [0u32, 36, 5, 5, 17];
+            let got = e.lookup(&ids, DType::F32, &Device::Cpu).unwrap();
+            let idx = Tensor::new(&ids, &Device::Cpu).unwrap();
+            let want = full.index_select(&idx, 0).unwrap();
+            assert_eq!(crate::max_abs_diff(&got, &want).unwrap(), 0.0, "{fmt}");
+            // Close to the f32 rows, within the format's error.
+            let d =
+                crate::max_abs_diff(&got, &dense.lookup(&ids, DType::F32, &Device::Cpu).unwrap())
+                    .unwrap();
+            assert!(d < 0.25, "{fmt}: {d}");
+            assert_eq!(
+                e.lookup(&[], DType::F32, &Device::Cpu).unwrap().dims(),
+                &[0, 64]
+            );
+            let err = e.lookup(&[37], DType::F32, &Device::Cpu).unwrap_err();
+            assert!(err.to_string().contains("37"), "{err}");
+            // The tied head computes with the same quantized weight.
+            assert!(e.as_linear().ggml_type().is_some());
+        }
+    }
+}
