@@ -3,6 +3,7 @@
 //! against a scalar reference; all run on candle's thread pool, so pixlm never has two pools
 //! competing for the cores.
 
+pub mod attn;
 pub mod matvec;
 pub mod qmatvec;
 

@@ -31,8 +31,24 @@ pub fn block_mask(key_t: &[i64], n_new: usize, device: &Device) -> Result<Option
 /// q: (n, n_heads, dq); k: (n_kv, n_keys, dq); v: (n_kv, n_keys, dv) → (n, n_heads * dv).
 ///
 /// Query head g reads kv head g / (n_heads / n_kv): the query heads of a group are stacked
-/// into one matmul against their shared K, so K and V are never repeated.
+/// into one matmul against their shared K, so K and V are never repeated. On the CPU, K and V
+/// may be strided views (a KV cache's buffers) and are read in place, not copied.
 pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    if let Some(out) = crate::kernels::attn::decode_attention(q, k, v, mask, scale)? {
+        return Ok(out);
+    }
+    attention_reference(q, k, v, mask, scale)
+}
+
+/// [`attention`] through candle's matmuls (prompts, gradients, other devices; and the
+/// reference the decode kernel is tested against).
+pub(crate) fn attention_reference(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -49,7 +65,11 @@ pub fn attention(
         .permute((1, 2, 0, 3))?
         .contiguous()?
         .reshape((n_kv, group * n, dq))?;
-    let scores = (qg.matmul(&k.t()?.contiguous()?)? * scale)?; // (n_kv, group*n, n_keys)
+    // candle's CPU matmul takes any row and column strides; other devices get contiguous K, V.
+    let cpu = k.device().is_cpu();
+    let kt = if cpu { k.t()? } else { k.t()?.contiguous()? };
+    let v = if cpu { v.clone() } else { v.contiguous()? };
+    let scores = (qg.matmul(&kt)? * scale)?; // (n_kv, group*n, n_keys)
     let mut scores = scores.to_dtype(DType::F32)?;
     if let Some(mask) = mask {
         scores = scores
@@ -58,7 +78,7 @@ pub fn attention(
             .reshape((n_kv, group * n, n_keys))?;
     }
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(v.dtype())?;
-    let out = probs.matmul(v)?; // (n_kv, group*n, dv)
+    let out = probs.matmul(&v)?; // (n_kv, group*n, dv)
     Ok(out
         .reshape((n_kv, group, n, dv))?
         .permute((2, 0, 1, 3))?
