@@ -72,10 +72,8 @@ pub fn run(a: QuantizeArgs) -> Result<i32> {
 
     let l = &report.linears;
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, c) in &l.layers {
-        if let LinearChoice::Quantized(t) = c {
-            *by_type.entry(format!("{t:?}")).or_default() += 1;
-        }
+    for (_, t) in l.quantized_types() {
+        *by_type.entry(format!("{t:?}")).or_default() += 1;
     }
     let types = by_type
         .iter()

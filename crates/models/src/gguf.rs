@@ -27,7 +27,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::layers::linear::{LinearChoice, LinearLoader, LinearReport, QuantFormat};
+use crate::layers::linear::{LinearLoader, LinearReport, QuantFormat};
 use crate::weights;
 use crate::{Model, NeoSpecialIds};
 use candle_core::quantized::gguf_file::{self, Content, Value};
@@ -395,14 +395,7 @@ pub fn export(
     let loader = Rc::new(loader);
     drop(loader.scope(|| Model::from_var_builder(&vb, cfg, neo_ids))?);
     let linears = loader.take_report();
-    let planned: HashMap<&str, GgmlDType> = linears
-        .layers
-        .iter()
-        .filter_map(|(n, c)| match c {
-            LinearChoice::Quantized(t) => Some((n.as_str(), *t)),
-            LinearChoice::Dense(_) => None,
-        })
-        .collect();
+    let planned: HashMap<&str, GgmlDType> = linears.quantized_types().collect();
 
     // Every tensor's stored type and shape, before reading any: a quantized matrix is stored
     // (out, in) (a convolution's kernel dims folded into `in`), a scalar as one element.

@@ -226,14 +226,7 @@ fn layers_that_do_not_fit_stay_dense_and_are_reported() {
             ..Default::default()
         };
         let (m, r) = Model::load_with_report(&dir, &cfg, Some(ids(s.vocab)), &opts).unwrap();
-        let quantized: Vec<(&str, GgmlDType)> = r
-            .layers
-            .iter()
-            .filter_map(|(n, c)| match c {
-                LinearChoice::Quantized(t) => Some((n.as_str(), *t)),
-                LinearChoice::Dense(_) => None,
-            })
-            .collect();
+        let quantized: Vec<(&str, GgmlDType)> = r.quantized_types().collect();
         assert_eq!(quantized.len(), 4, "{fmt}: {quantized:?}");
         let ty = |suffix: &str| {
             quantized

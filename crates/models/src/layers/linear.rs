@@ -162,6 +162,13 @@ impl LinearReport {
     pub fn num_dense(&self) -> usize {
         self.layers.len() - self.num_quantized()
     }
+    /// Each quantized weight's name and stored type, in load order.
+    pub fn quantized_types(&self) -> impl Iterator<Item = (&str, GgmlDType)> {
+        self.layers.iter().filter_map(|(n, c)| match c {
+            LinearChoice::Quantized(t) => Some((n.as_str(), *t)),
+            LinearChoice::Dense(_) => None,
+        })
+    }
 }
 
 /// Decides how [`Linear::load`] builds each layer during one model load.
