@@ -148,10 +148,15 @@ impl PrefixCache {
         Some(Hit { cache, len, images })
     }
 
-    /// Stores `cache`, which holds exactly the tokens `key` describes. An entry whose key is
+    /// Stores `cache`, which holds exactly the tokens `key` describes (trimmed to them). An entry whose key is
     /// a prefix of `key` (the previous turn of the same chat) is replaced.
-    pub fn insert(&mut self, key: Vec<u64>, cache: KvCache) {
+    pub fn insert(&mut self, key: Vec<u64>, mut cache: KvCache) {
         if self.max_entries == 0 || cache.len() != key.len() || key.len() < self.min_len {
+            return;
+        }
+        // A finished sequence's buffers have room for up to as many tokens again; the store
+        // only reads them, so it keeps (and counts) exactly the filled part.
+        if cache.shrink_to_fit().is_err() {
             return;
         }
         let bytes = cache.bytes();
