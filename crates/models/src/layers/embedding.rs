@@ -59,9 +59,23 @@ impl Embedding {
         }
     }
 
-    /// Rows `ids` of the table as an (ids.len(), cols) tensor in `dtype` on `device`. Ids are
-    /// checked by the caller against the table's row count.
+    /// Rows in the table (the vocabulary size).
+    pub fn rows(&self) -> Result<usize> {
+        Ok(match self {
+            Embedding::Dense(t) => t.dim(0)?,
+            Embedding::Quantized { table, .. } => table.shape().dims2()?.0,
+        })
+    }
+
+    /// Rows `ids` of the table as an (ids.len(), cols) tensor in `dtype` on `device`; an id
+    /// past the table is an error that names it.
     pub fn lookup(&self, ids: &[u32], dtype: DType, device: &Device) -> Result<Tensor> {
+        let rows = self.rows()?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is past the embedding table ({rows} rows)"
+            )));
+        }
         let idx = || Tensor::from_slice(ids, ids.len(), device);
         match self {
             Embedding::Dense(t) => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),
@@ -69,7 +83,7 @@ impl Embedding {
                 lookup: Some(t), ..
             } => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),
             Embedding::Quantized { table, .. } => {
-                let (rows, cols) = table.shape().dims2()?;
+                let cols = table.shape().dims2()?.1;
                 if ids.is_empty() {
                     return Ok(Tensor::zeros((0, cols), dtype, device)?);
                 }
@@ -79,11 +93,6 @@ impl Embedding {
                 let mut buf = Vec::with_capacity(ids.len() * row_bytes);
                 for &id in ids {
                     let id = id as usize;
-                    if id >= rows {
-                        return Err(ModelError::Input(format!(
-                            "token id {id} is past the embedding table ({rows} rows)"
-                        )));
-                    }
                     buf.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
                 }
                 let storage = QStorage::from_data(std::borrow::Cow::Owned(buf), &Device::Cpu, ty)?;
@@ -125,6 +134,8 @@ mod tests {
             );
             let err = e.lookup(&[37], DType::F32, &Device::Cpu).unwrap_err();
             assert!(err.to_string().contains("37"), "{err}");
+            let err = dense.lookup(&[40], DType::F32, &Device::Cpu).unwrap_err();
+            assert!(err.to_string().contains("token id 40"), "{err}");
             // The tied head computes with the same quantized weight.
             assert!(e.as_linear().ggml_type().is_some());
         }
