@@ -1,7 +1,7 @@
 """Latency of `pixlm serve`'s caches (stdlib only).
 
 Usage: python3 scripts/bench_cache.py --url http://127.0.0.1:8080 --image examples/shapes.png
-           [--repeats 20]
+           [--repeats 20] [--synthetic-size N]
 Start the server with its response cache on (the default). Prints:
   * response cache: the time of a deterministic request the first time (computed) and the
     median of --repeats identical requests (answered from the cache, header x-pixlm-cache);
@@ -15,8 +15,33 @@ import base64
 import http.client
 import json
 import statistics
+import struct
 import time
 import urllib.parse
+import zlib
+
+
+def synthetic_png(n):
+    """An n x n RGB PNG: a light background and three flat rectangles (for image-token
+    budgets larger than examples/shapes.png gives: 512 -> 256 NEO image tokens)."""
+    rows = []
+    boxes = [((0.1, 0.1, 0.4, 0.35), (220, 30, 30)), ((0.5, 0.2, 0.85, 0.5), (30, 60, 220)),
+             ((0.3, 0.6, 0.6, 0.9), (30, 160, 50))]
+    for y in range(n):
+        row = bytearray([0])
+        for x in range(n):
+            c = (236, 236, 230)
+            for (x0, y0, x1, y1), rgb in boxes:
+                if x0 * n <= x < x1 * n and y0 * n <= y < y1 * n:
+                    c = rgb
+            row.extend(c)
+        rows.append(bytes(row))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", n, n, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
 
 
 def post(url, body):
@@ -49,9 +74,15 @@ def main():
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--image", default="examples/shapes.png")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--synthetic-size", type=int, default=0,
+                    help="send a generated N x N PNG instead of --image")
     a = ap.parse_args()
-    with open(a.image, "rb") as f:
-        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    if a.synthetic_size:
+        png = synthetic_png(a.synthetic_size)
+    else:
+        with open(a.image, "rb") as f:
+            png = f.read()
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
     image = {"type": "image_url", "image_url": {"url": url}}
 
     # Response cache: one computed answer, then identical requests.

@@ -47,6 +47,17 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of benchmarking, write a checkpoint of --shape with random weights to DIR in the
+    /// Hugging Face layout (config.json, bf16 weights in model-0000i-of-0000n.safetensors
+    /// shards with model.safetensors.index.json, the tokenizer files of --tokenizer-from), to
+    /// serve or load a model of a real size where none can be downloaded (e.g. neo-2b: 4.3 GB).
+    #[arg(long, value_name = "DIR", requires = "tokenizer_from")]
+    pub write_model: Option<std::path::PathBuf>,
+    /// Model directory whose tokenizer.json and tokenizer_config.json (and
+    /// generation_config.json, if present) --write-model copies; its ids must fit the shape's
+    /// 151,936-row vocabulary, e.g. ../shared/fixtures/neo-tiny/model.
+    #[arg(long, value_name = "DIR", requires = "write_model")]
+    pub tokenizer_from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -194,11 +205,16 @@ pub(crate) fn read_bandwidth() -> f64 {
 }
 
 fn config(shape: &str) -> Result<ModelConfig> {
+    Ok(ModelConfig::from_json_str(
+        &config_json(shape)?.to_string(),
+        std::path::Path::new("bench-config"),
+    )?)
+}
+
+/// The Hugging Face `config.json` of a benchmark shape.
+pub(crate) fn config_json(shape: &str) -> Result<serde_json::Value> {
     if let Some(c) = text_config(shape) {
-        return Ok(ModelConfig::from_json_str(
-            &c.to_string(),
-            std::path::Path::new("bench-config"),
-        )?);
+        return Ok(c);
     }
     let (hidden, layers, extra, heads, kv, hd, inter, vis, tied) = match shape {
         "neo-2b" => (2048, 40, 12, 16, 8, 128, 6144, 1024, false),
@@ -213,12 +229,10 @@ fn config(shape: &str) -> Result<ModelConfig> {
             "rope_theta": 1e6, "rope_theta_hw": 1e4, "tie_word_embeddings": tied,
             "max_position_embeddings": 32768},
         "vision_config": {"hidden_size": vis, "llm_hidden_size": hidden, "patch_size": 16,
-            "downsample_ratio": 0.5, "rope_theta_vision": 1e4}
+            "downsample_ratio": 0.5, "rope_theta_vision": 1e4,
+            "min_pixels": 65536, "max_pixels": 4194304}
     });
-    Ok(ModelConfig::from_json_str(
-        &j.to_string(),
-        std::path::Path::new("bench-config"),
-    )?)
+    Ok(j)
 }
 
 pub(crate) fn argmax(t: &Tensor) -> Result<u32> {
@@ -226,6 +240,10 @@ pub(crate) fn argmax(t: &Tensor) -> Result<u32> {
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
+    if let (Some(out), Some(tok)) = (&a.write_model, &a.tokenizer_from) {
+        crate::bench_model::write_random_model(&a.shape, out, tok, false)?;
+        return Ok(0);
+    }
     let opts = a.compute.load_options()?;
     if a.vs_llama_cpp {
         if a.compute.quant.is_some() || a.compute.dtype != "f32" || a.compute.gpu {

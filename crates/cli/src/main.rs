@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_llama;
+mod bench_model;
 mod cmd_check;
 mod cmd_quantize;
 mod cmd_run;

@@ -418,3 +418,67 @@ fn bench_vs_llama_cpp_refuses_bad_choices() {
         assert_clear_error(&pixlm(&a), needle);
     }
 }
+
+#[test]
+fn bench_writes_a_random_checkpoint_in_the_real_layout() {
+    let Some(fx) = fixtures() else { return };
+    let tok = fx.join("neo-tiny/model");
+    let d = tmpdir("random-neo-tiny");
+    let out = d.join("model");
+    let o = pixlm(&[
+        "bench",
+        "--shape",
+        "neo-tiny",
+        "--write-model",
+        out.to_str().unwrap(),
+        "--tokenizer-from",
+        tok.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The shard index names exactly the tensors of the reference checkpoint of that shape.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let written: std::collections::BTreeSet<String> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let reference = std::fs::read(tok.join("model.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let expected: std::collections::BTreeSet<String> = reference
+        .names()
+        .into_iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(written, expected);
+    for shard in index["weight_map"].as_object().unwrap().values() {
+        assert!(out.join(shard.as_str().unwrap()).is_file());
+    }
+    // It loads and answers through the normal path.
+    let image = fx.join("neo-tiny/cases/single_image/image_1.png");
+    let o = pixlm(&[
+        "run",
+        "--model",
+        out.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--max-new-tokens",
+        "3",
+        "What is this?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A tokenizer whose vocabulary does not fit the shape is refused by name.
+    let shapes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes-neo");
+    let o = pixlm(&[
+        "bench",
+        "--shape",
+        "neo-tiny",
+        "--write-model",
+        d.join("bad").to_str().unwrap(),
+        "--tokenizer-from",
+        shapes.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, "embedding rows");
+}

@@ -200,7 +200,16 @@ impl KvCache {
                         owned: true,
                     }
                 } else {
-                    let new_cap = total.max(2 * cap).max(total + 16);
+                    // Our own full buffer doubles (amortised O(1) per decoded token). A shared
+                    // one (a prefix another cache holds, e.g. the server's prefix cache) is
+                    // copied with a quarter of headroom instead: a second chat turn over a
+                    // long image prompt would otherwise allocate and fault in twice its whole
+                    // cache (measured: a third of a NEO-2B second turn's time).
+                    let new_cap = if l.owned {
+                        total.max(2 * cap).max(total + 16)
+                    } else {
+                        total + (total / 4).max(16)
+                    };
                     let grow = |buf: &Tensor, new: &Tensor| -> candle_core::Result<Tensor> {
                         let (h, _, d) = new.dims3()?;
                         let pad =
@@ -300,6 +309,8 @@ mod tests {
         // The owner writes in place past its length; the prefix and the clone branch off.
         push(&mut a, 3, 2);
         push(&mut b, 4, 3);
+        // A shared prefix is copied with a quarter (at least 16) of headroom, not doubled.
+        assert_eq!(b.capacity(0), 7 + 16);
         push(&mut c, 5, 1);
         let a_all = push(&mut a, 6, 1);
         let b_all = push(&mut b, 7, 1);

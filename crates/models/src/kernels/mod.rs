@@ -63,8 +63,43 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
+/// Most rows of `x` [`quantized_matmul_t`] takes for `fmt`. The kernel streams the weights
+/// once but computes each row's dot products on its own, so its cost grows with the rows;
+/// candle's repacked tile kernels (Q4_K on every AVX2 CPU, Q8_0 only where VNNI is, as
+/// candle decides) re-use each loaded tile across rows. Measured with
+/// `cargo run --release -p pixlm-models --example qmm_rows` (a 6144 × 2048 weight): on a
+/// VNNI CPU candle is ahead from 3 rows in both formats (Q8_0 at 8 rows: 1.4 ms against
+/// 2.7); with VNNI unavailable (or `MISTRALRS_FORCE_AVX2=1`, which candle obeys) candle's
+/// generic Q8_0 path is behind at every row count up to 8 (5.4 ms against 2.8 at 8 rows).
+pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let vnni = *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var("MISTRALRS_FORCE_AVX2").as_deref() != Ok("1")
+                && ((is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+                    || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2")))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    });
+    let candle_repacks = cfg!(target_arch = "x86_64")
+        && match fmt {
+            qmatvec::QFormat::Q4K => true,
+            qmatvec::QFormat::Q8_0 => vnni,
+        };
+    if candle_repacks {
+        2
+    } else {
+        matvec::MAX_ROWS
+    }
+}
+
 /// `x · wᵀ` for a Q8_0 or Q4_K `w` by [`qmatvec::qmatvec`], under the same conditions as
-/// [`dense_matmul_t`] (CPU, at most [`matvec::MAX_ROWS`] rows, no gradient); `None` otherwise.
+/// [`dense_matmul_t`] (CPU, no gradient) and at most [`quantized_max_rows`] rows; `None`
+/// otherwise.
 pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     let fmt = match w.dtype() {
         GgmlDType::Q8_0 => qmatvec::QFormat::Q8_0,
@@ -82,7 +117,7 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = x.elem_count() / k;
-    if rows == 0 || rows > matvec::MAX_ROWS {
+    if rows == 0 || rows > quantized_max_rows(fmt) {
         return Ok(None);
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

@@ -1,0 +1,67 @@
+//! Times x·wᵀ for a quantized weight at 1 to 8 rows: pixlm's kernel (`kernels::qmatvec`,
+//! called directly, whatever `quantized_max_rows` would choose) against candle's QMatMul.
+//! The figures behind `kernels::quantized_max_rows`:
+//! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`).
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use pixlm_models::kernels::qmatvec::{qmatvec, QFormat};
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let (n, k) = (6144usize, 2048usize);
+    let fmt = match std::env::args().nth(1).as_deref() {
+        Some("q4_k") => GgmlDType::Q4K,
+        _ => GgmlDType::Q8_0,
+    };
+    let layers = 24; // distinct weights so that none stays in cache
+    let ws: Vec<QTensor> = (0..layers)
+        .map(|i| {
+            let w =
+                Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?.affine(1.0, i as f64 * 1e-4)?;
+            QTensor::quantize(&w, fmt)
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let qms: Vec<QMatMul> = ws
+        .iter()
+        .map(|w| QMatMul::from_qtensor(QTensor::quantize(&w.dequantize(&Device::Cpu)?, fmt)?))
+        .collect::<candle_core::Result<_>>()?;
+    for rows in [1usize, 2, 3, 4, 6, 8] {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
+        let mut best = [f64::MAX; 2];
+        for _ in 0..5 {
+            let t = Instant::now();
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let qfmt = if fmt == GgmlDType::Q8_0 {
+                QFormat::Q8_0
+            } else {
+                QFormat::Q4K
+            };
+            for w in &ws {
+                let mut y = vec![0f32; rows * n];
+                qmatvec(qfmt, &w.data()?, n, k, &xs, rows, &mut y).map_err(anyhow::Error::msg)?;
+                std::hint::black_box(y);
+            }
+            best[0] = best[0].min(t.elapsed().as_secs_f64() / layers as f64);
+            let t = Instant::now();
+            for q in &qms {
+                std::hint::black_box(q.forward(&x)?);
+            }
+            best[1] = best[1].min(t.elapsed().as_secs_f64() / layers as f64);
+        }
+        let gb = (n * k) as f64
+            * if fmt == GgmlDType::Q8_0 {
+                34.0 / 32.0
+            } else {
+                144.0 / 256.0
+            }
+            / 1e9;
+        println!(
+            "{fmt:?} rows {rows:2}: pixlm {:7.3} ms ({:5.1} GB/s)  candle {:7.3} ms ({:5.1} GB/s)",
+            best[0] * 1e3,
+            gb / best[0],
+            best[1] * 1e3,
+            gb / best[1]
+        );
+    }
+    Ok(())
+}
