@@ -64,13 +64,14 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// Most rows of `x` [`quantized_matmul_t`] takes for `fmt`. The kernel streams the weights
-/// once but computes each row's dot products on its own, so its cost grows with the rows;
-/// candle's repacked tile kernels (Q4_K on every AVX2 CPU, Q8_0 only where VNNI is, as
-/// candle decides) re-use each loaded tile across rows. Measured with
-/// `cargo run --release -p pixlm-models --example qmm_rows` (a 6144 × 2048 weight): on a
-/// VNNI CPU candle is ahead from 3 rows in both formats (Q8_0 at 8 rows: 1.4 ms against
-/// 2.7); with VNNI unavailable (or `MISTRALRS_FORCE_AVX2=1`, which candle obeys) candle's
-/// generic Q8_0 path is behind at every row count up to 8 (5.4 ms against 2.8 at 8 rows).
+/// once, but its integer work grows with every row; candle's repacked tile kernels (Q4_K on
+/// every AVX2 CPU, Q8_0 only where VNNI is, as candle decides) do more of it per loaded
+/// tile. Measured with `cargo run --release -p pixlm-models --example qmm_rows` (a
+/// 6144 × 2048 weight, milliseconds, pixlm / candle): on a VNNI CPU, Q8_0 at 3 rows 0.86 /
+/// 1.02, 4 rows 1.14 / 1.17, 6 rows 1.82 / 1.47, 8 rows 2.18 / 1.20; Q4_K at 2 rows 0.61 /
+/// 0.68, 3 rows 0.97 / 0.74. With VNNI unavailable (or `MISTRALRS_FORCE_AVX2=1`, which
+/// candle obeys) candle's generic Q8_0 path is behind at every row count up to 8 (8 rows:
+/// 5.2 / 2.3).
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let vnni = *VNNI.get_or_init(|| {
@@ -85,15 +86,13 @@ pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
             false
         }
     });
-    let candle_repacks = cfg!(target_arch = "x86_64")
-        && match fmt {
-            qmatvec::QFormat::Q4K => true,
-            qmatvec::QFormat::Q8_0 => vnni,
-        };
-    if candle_repacks {
-        2
-    } else {
-        matvec::MAX_ROWS
+    if !cfg!(target_arch = "x86_64") {
+        return matvec::MAX_ROWS;
+    }
+    match fmt {
+        qmatvec::QFormat::Q4K => 2,
+        qmatvec::QFormat::Q8_0 if vnni => 4,
+        qmatvec::QFormat::Q8_0 => matvec::MAX_ROWS,
     }
 }
 

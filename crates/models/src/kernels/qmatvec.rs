@@ -129,12 +129,31 @@ pub fn qmatvec(
     }
     let xq: Vec<QuantizedRow> = x.chunks_exact(k).map(|r| quantize_row(r, block)).collect();
     let dot = qdot4_kernel();
+    let multi = if fmt == QFormat::Q8_0 && rows > 1 {
+        q8_0_rows_kernel()
+    } else {
+        None
+    };
     let out = super::matvec::SharedOut(y.as_mut_ptr());
     let row_bytes = (k / block) * fmt.block_bytes();
     let body = |range: std::ops::Range<usize>| {
         for g in range {
             let o0 = g * 4;
             let m = (n - o0).min(4);
+            if let Some(multi) = multi {
+                // Each weight row meets up to four x rows per pass (loaded once for them).
+                for i in 0..m {
+                    let wr = &w[(o0 + i) * row_bytes..(o0 + i + 1) * row_bytes];
+                    for (t, tile) in xq.chunks(4).enumerate() {
+                        let d = multi(wr, tile);
+                        for (j, v) in d.iter().take(tile.len()).enumerate() {
+                            // SAFETY: as below: row 4t + j < rows, output o0 + i < n.
+                            unsafe { *out.ptr().add((4 * t + j) * n + o0 + i) = *v };
+                        }
+                    }
+                }
+                continue;
+            }
             for (r, xr) in xq.iter().enumerate() {
                 let d = dot(fmt, w, row_bytes, o0, m, xr);
                 for (i, v) in d.iter().take(m).enumerate() {
@@ -166,6 +185,26 @@ fn qdot4_kernel() -> QDot4 {
         }
     }
     scalar::qdot4
+}
+
+/// One Q8_0 weight row (its bytes) against up to four quantized x rows: their dot products,
+/// each summed exactly as [`QDot4`] sums it, so a row's result does not depend on which
+/// other rows share the call.
+type Q8_0Rows = fn(&[u8], &[QuantizedRow]) -> [f32; 4];
+
+/// The multi-row Q8_0 kernel where the CPU has it (AVX2); `None` sends every row through
+/// [`QDot4`] on its own.
+fn q8_0_rows_kernel() -> Option<Q8_0Rows> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            return Some(avx2::q8_0_rows);
+        }
+    }
+    None
 }
 
 /// Byte offsets of weight rows `o0..o0+4`, the last repeated when `m < 4`.
@@ -315,6 +354,61 @@ mod avx2 {
         out
     }
 
+    pub fn q8_0_rows(w: &[u8], xs: &[QuantizedRow]) -> [f32; 4] {
+        let nb = w.len() / Q8_0_BYTES;
+        assert!(
+            w.len() == nb * Q8_0_BYTES
+                && (1..=4).contains(&xs.len())
+                && xs
+                    .iter()
+                    .all(|x| x.q.len() >= nb * Q8_0_BLOCK && x.d.len() >= nb),
+            "q8_0_rows out of bounds"
+        );
+        // SAFETY: `q8_0_rows_kernel` returns this function only after detecting avx2, fma and
+        // f16c; the assert keeps the `nb` blocks of `w` and of every x row in bounds.
+        unsafe {
+            match xs.len() {
+                1 => q8_0_rows_n::<1>(w.as_ptr(), nb, xs),
+                2 => q8_0_rows_n::<2>(w.as_ptr(), nb, xs),
+                3 => q8_0_rows_n::<3>(w.as_ptr(), nb, xs),
+                _ => q8_0_rows_n::<4>(w.as_ptr(), nb, xs),
+            }
+        }
+    }
+
+    /// [`q8_0`] for one weight row and `N` x rows: per block the weights are loaded, their
+    /// magnitudes taken and their scale widened once, then met by each x row, accumulated
+    /// in [`q8_0`]'s order (two accumulators alternating by block, added at the end).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_rows_n<const N: usize>(
+        w: *const u8,
+        nb: usize,
+        xs: &[QuantizedRow],
+    ) -> [f32; 4] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        let xq: [*const i8; N] = std::array::from_fn(|r| xs[r].q.as_ptr());
+        let xd: [*const f32; N] = std::array::from_fn(|r| xs[r].d.as_ptr());
+        for b in 0..nb {
+            let blk = w.add(b * Q8_0_BYTES);
+            let wv = _mm256_loadu_si256(blk.add(2).cast());
+            let aw = _mm256_sign_epi8(wv, wv);
+            let dw = f16_to_f32(blk);
+            for r in 0..N {
+                let xv = _mm256_loadu_si256(xq[r].add(b * Q8_0_BLOCK).cast());
+                let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
+                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                let scale = _mm256_set1_ps(dw * *xd[r].add(b));
+                acc[r][b % 2] = _mm256_fmadd_ps(scale, s, acc[r][b % 2]);
+            }
+        }
+        let mut out = [0f32; 4];
+        for r in 0..N {
+            out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+        }
+        out
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4k(w: *const u8, offs: [usize; 4], nb: usize, x: &QuantizedRow) -> [f32; 4] {
         let low = _mm256_set1_epi8(0x0F);
@@ -448,6 +542,23 @@ mod tests {
                         assert!((a[i] - b[i]).abs() <= 1e-4 * scale as f32, "{a:?} {b:?}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_rows_match_one_row_at_a_time_exactly() {
+        // Batched decode must give each sequence what it would get alone.
+        for &(n, blocks, rows) in &[(5, 3, 2), (9, 1, 3), (130, 4, 5), (37, 7, 8)] {
+            let k = blocks * Q8_0_BLOCK;
+            let (w, _) = weights(n as u64 + 5, n, k, QFormat::Q8_0);
+            let x = x_rows(n as u64 + 6, rows, k);
+            let mut all = vec![f32::NAN; rows * n];
+            qmatvec(QFormat::Q8_0, &w, n, k, &x, rows, &mut all).unwrap();
+            for r in 0..rows {
+                let mut one = vec![f32::NAN; n];
+                qmatvec(QFormat::Q8_0, &w, n, k, &x[r * k..(r + 1) * k], 1, &mut one).unwrap();
+                assert_eq!(&all[r * n..(r + 1) * n], &one[..], "n={n} k={k} row {r}");
             }
         }
     }
