@@ -50,7 +50,7 @@ pub struct BenchArgs {
     /// Instead of benchmarking, write a checkpoint of --shape with random weights to DIR in the
     /// Hugging Face layout (config.json, bf16 weights in model-0000i-of-0000n.safetensors
     /// shards with model.safetensors.index.json, the tokenizer files of --tokenizer-from), to
-    /// serve or load a model of a real size where none can be downloaded (e.g. neo-2b: 4.3 GB).
+    /// serve or load a model of a real size where none can be downloaded (e.g. neo-2b: 5.8 GB).
     #[arg(long, value_name = "DIR", requires = "tokenizer_from")]
     pub write_model: Option<std::path::PathBuf>,
     /// Model directory whose tokenizer.json and tokenizer_config.json (and
@@ -63,8 +63,16 @@ pub struct BenchArgs {
 }
 
 /// Weights filled from a fast deterministic generator: uniform with std 0.02 for matrices,
-/// the init constant (1 for norms, 0 for biases) otherwise.
-pub(crate) struct RandomWeights;
+/// the init constant (1 for norms, 0 for biases) otherwise. With `record`, every tensor handed
+/// out is also kept there by name (`bench --write-model` saves them).
+#[derive(Default)]
+pub(crate) struct RandomWeights {
+    pub(crate) record: Option<RecordedWeights>,
+}
+
+/// The tensors a [`RandomWeights`] handed out, by name.
+pub(crate) type RecordedWeights =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Tensor>>>;
 
 impl SimpleBackend for RandomWeights {
     fn get(
@@ -95,7 +103,14 @@ impl SimpleBackend for RandomWeights {
                 Tensor::from_vec(v, s, dev)?
             }
         };
-        t.to_dtype(dtype)
+        let t = t.to_dtype(dtype)?;
+        if let Some(record) = &self.record {
+            record
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("weight recorder poisoned".into()))?
+                .insert(name.to_string(), t.clone());
+        }
+        Ok(t)
     }
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
         candle_core::bail!("random weights need a shape for {name}")
@@ -171,6 +186,22 @@ pub(crate) fn weight_bytes(dtype: DType, quant: Option<QuantFormat>) -> (f64, f6
         g.type_size() as f64 / g.block_size() as f64
     });
     (linear, linear)
+}
+
+/// f32 FLOP/s of this machine now, as candle's GEMM reaches it on a prefill-like product
+/// (512 × 2048 by 2048 × 6144, 12.9 GFLOP): the best of three.
+pub(crate) fn gemm_flops() -> Result<f64> {
+    let (m, k, n) = (512usize, 2048usize, 6144usize);
+    let dev = Device::Cpu;
+    let a = Tensor::ones((m, k), DType::F32, &dev)?;
+    let b = Tensor::ones((k, n), DType::F32, &dev)?;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::hint::black_box(a.matmul(&b)?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best.max(1e-9))
 }
 
 /// Read bandwidth of this machine now, in bytes/s: all threads summing a 1 GiB buffer.
@@ -287,7 +318,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     };
     let t0 = Instant::now();
     let vb = candle_nn::VarBuilder::from_backend(
-        Box::new(RandomWeights),
+        Box::new(RandomWeights::default()),
         opts.dtype,
         opts.device.clone(),
     );
@@ -321,24 +352,31 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         prompt.extend((0..prompt_tokens as u32).map(|i| 1000 + (i * 7919) % 100_000));
         Vec::new()
     };
-    let mut cache = KvCache::new();
-    let t1 = Instant::now();
-    let out = model.forward(
-        &mut [SeqInput {
-            ids: &prompt,
-            images: &images,
-            decode: false,
-            cache: &mut cache,
-            logits: LogitsWanted::Last,
-        }],
-        None,
-    )?;
-    let mut next = argmax(
-        out[0]
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no logits"))?,
-    )?;
-    let ttft = t1.elapsed().as_secs_f64();
+    // The prompt runs twice from an empty cache: the first pass also pays one-time costs
+    // (candle repacks quantized weights on their first product), the second is the TTFT of
+    // a server that has answered before.
+    let prefill = || -> Result<(f64, u32, KvCache)> {
+        let mut cache = KvCache::new();
+        let t = Instant::now();
+        let out = model.forward(
+            &mut [SeqInput {
+                ids: &prompt,
+                images: &images,
+                decode: false,
+                cache: &mut cache,
+                logits: LogitsWanted::Last,
+            }],
+            None,
+        )?;
+        let next = argmax(
+            out[0]
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no logits"))?,
+        )?;
+        Ok((t.elapsed().as_secs_f64(), next, cache))
+    };
+    let (first_ttft, _, _) = prefill()?;
+    let (ttft, mut next, mut cache) = prefill()?;
     let t2 = Instant::now();
     for _ in 0..decode_tokens {
         let out = model.forward(
@@ -367,6 +405,11 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let bw = read_bandwidth();
     let decode_tok_s = decode_tokens as f64 / decode_s.max(1e-9);
     let ceiling = bw / bytes;
+    // Issue #7's prefill bound: 2 FLOPs per weight of the linear layers per prompt token (the
+    // output head runs for the last token only) at the f32 GEMM rate measured now.
+    let gemm = gemm_flops()?;
+    let linear_params = active_weight_bytes(&cfg, 1.0, 0.0);
+    let bound_s = 2.0 * linear_params * prompt.len() as f64 / gemm;
     let r = serde_json::json!({
         "shape": a.shape,
         "dtype": a.compute.dtype,
@@ -379,8 +422,12 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         "decode_ceiling_tok_s": ceiling,
         "decode_bandwidth_fraction": decode_tok_s / ceiling,
         "load_s": load_s,
+        "first_ttft_s": first_ttft,
         "ttft_s": ttft,
         "prefill_tok_s": prompt.len() as f64 / ttft,
+        "gemm_gflop_s": gemm / 1e9,
+        "prefill_compute_bound_s": bound_s,
+        "ttft_over_compute_bound": ttft / bound_s,
         "decode_tokens": decode_tokens,
         "decode_tok_s": decode_tok_s,
         "peak_rss_gib": peak_rss_bytes().map(|b| b as f64 / (1u64 << 30) as f64),
@@ -399,8 +446,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             if is_neo { side * side } else { 0 }
         );
         println!(
-            "  time to first token     {ttft:>8.2} s  ({:.1} prompt tok/s)",
+            "  time to first token     {ttft:>8.2} s  ({:.1} prompt tok/s; the first prompt took {first_ttft:.2} s with one-time costs)",
             prompt.len() as f64 / ttft
+        );
+        println!(
+            "  compute bound of TTFT   {bound_s:>8.2} s  (2 × {:.2} G linear weights × {} tokens at {:.0} GFLOP/s f32 GEMM): TTFT is {:.2}x it",
+            linear_params / 1e9,
+            prompt.len(),
+            gemm / 1e9,
+            ttft / bound_s
         );
         println!(
             "  decode                  {decode_tok_s:>8.2} tok/s over {} tokens",

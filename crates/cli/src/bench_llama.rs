@@ -174,7 +174,7 @@ fn write_f32_gguf(cfg: &serde_json::Value, path: &Path) -> Result<()> {
                 stdev: 0.02,
             }
         };
-        let t: Tensor = RandomWeights.get(
+        let t: Tensor = RandomWeights::default().get(
             shape.as_slice().into(),
             name,
             init,
@@ -309,7 +309,11 @@ fn pixlm_bench(
     gen: usize,
     reps: usize,
 ) -> Result<(f64, f64)> {
-    let vb = candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), f.dtype, Device::Cpu);
+    let vb = candle_nn::VarBuilder::from_backend(
+        Box::new(RandomWeights::default()),
+        f.dtype,
+        Device::Cpu,
+    );
     let (model, _) = Model::from_var_builder_quantized(&vb, cfg, None, f.quant)?;
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| 1000 + (i * 7919) % 100_000)

@@ -3,10 +3,9 @@
 //! index, tokenizer files), so that the server and the loaders can be measured at a real
 //! model's size on machines that cannot download one.
 
-use crate::bench::{config_json, RandomWeights};
+use crate::bench::{config_json, RandomWeights, RecordedWeights};
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use pixlm_models::{Model, ModelConfig, NeoSpecialIds};
 use std::collections::{BTreeMap, HashMap};
@@ -16,36 +15,6 @@ use std::sync::{Arc, Mutex};
 /// Largest shard written, in bytes (Hugging Face's `save_pretrained` default is 5 GB; smaller
 /// shards keep each file's write short and exercise the sharded loader at every size).
 const SHARD_BYTES: usize = 2 << 30;
-
-/// [`RandomWeights`] that also keeps every tensor the model asked for, by name.
-struct Recording {
-    seen: Arc<Mutex<BTreeMap<String, Tensor>>>,
-}
-
-impl SimpleBackend for Recording {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = RandomWeights.get(s, name, h, dtype, dev)?;
-        let mut seen = self
-            .seen
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("weight recorder poisoned".into()))?;
-        seen.insert(name.to_string(), t.clone());
-        Ok(t)
-    }
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        RandomWeights.get_unchecked(name, dtype, dev)
-    }
-    fn contains_tensor(&self, name: &str) -> bool {
-        RandomWeights.contains_tensor(name)
-    }
-}
 
 /// Token ids of the special tokens named in `tokenizer.json` (its `added_tokens`), and the
 /// number of ids it can produce.
@@ -124,9 +93,11 @@ pub(crate) fn write_random_model(
         _ => None,
     };
 
-    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let seen: RecordedWeights = Arc::new(Mutex::new(BTreeMap::new()));
     let vb = candle_nn::VarBuilder::from_backend(
-        Box::new(Recording { seen: seen.clone() }),
+        Box::new(RandomWeights {
+            record: Some(seen.clone()),
+        }),
         DType::BF16,
         Device::Cpu,
     );

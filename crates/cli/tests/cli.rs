@@ -482,3 +482,32 @@ fn bench_writes_a_random_checkpoint_in_the_real_layout() {
     ]);
     assert_clear_error(&o, "embedding rows");
 }
+
+#[test]
+fn bench_reports_speed_against_the_machine_bounds() {
+    let o = pixlm(&[
+        "bench",
+        "--shape",
+        "neo-tiny",
+        "--image-tokens",
+        "16",
+        "--decode-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["image_tokens"], 16);
+    for key in [
+        "ttft_s",
+        "decode_tok_s",
+        "read_bandwidth_gb_s",
+        "decode_bandwidth_fraction",
+        "gemm_gflop_s",
+        "prefill_compute_bound_s",
+        "ttft_over_compute_bound",
+    ] {
+        let v = r[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{key}: {}", r[key]);
+    }
+}
