@@ -272,7 +272,7 @@ pub(crate) fn argmax(t: &Tensor) -> Result<u32> {
 
 pub fn run(a: BenchArgs) -> Result<i32> {
     if let (Some(out), Some(tok)) = (&a.write_model, &a.tokenizer_from) {
-        crate::bench_model::write_random_model(&a.shape, out, tok, false)?;
+        crate::bench_model::write_random_model(&a.shape, out, tok)?;
         return Ok(0);
     }
     let opts = a.compute.load_options()?;

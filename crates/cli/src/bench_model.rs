@@ -39,12 +39,7 @@ fn tokenizer_ids(tokenizer: &serde_json::Value) -> (HashMap<String, u32>, u64) {
 
 /// Writes a random-weight checkpoint of benchmark `shape` into `out` (bf16 weights, as NEO and
 /// Qwen3 are published), with the tokenizer files of `tokenizer_from`.
-pub(crate) fn write_random_model(
-    shape: &str,
-    out: &Path,
-    tokenizer_from: &Path,
-    quiet: bool,
-) -> Result<()> {
+pub(crate) fn write_random_model(shape: &str, out: &Path, tokenizer_from: &Path) -> Result<()> {
     if shape == "all" {
         bail!("--write-model writes one shape; pick one with --shape");
     }
@@ -101,11 +96,7 @@ pub(crate) fn write_random_model(
         DType::BF16,
         Device::Cpu,
     );
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
+    let bar = ProgressBar::new_spinner();
     bar.set_message(format!("drawing random weights for {shape}"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     drop(Model::from_var_builder(&vb, &cfg, neo_ids)?);
@@ -133,11 +124,7 @@ pub(crate) fn write_random_model(
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total as u64)
-    };
+    let bar = ProgressBar::new(total as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} [{elapsed_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
