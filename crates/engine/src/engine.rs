@@ -422,18 +422,13 @@ impl Engine {
     pub fn warm_up(&self) -> Result<std::time::Duration> {
         let t = Instant::now();
         let n = self.tokenizer.get_vocab_size(true).clamp(1, 16) as u32;
-        let ids: Vec<u32> = (0..n).collect();
-        let mut cache = KvCache::new();
-        self.model.forward(
-            &mut [SeqInput {
-                ids: &ids,
-                images: &[],
-                decode: false,
-                cache: &mut cache,
-                logits: LogitsWanted::Last,
-            }],
-            None,
-        )?;
+        let p = Prepared {
+            prompt: String::new(),
+            ids: (0..n).collect(),
+            images: Vec::new(),
+            image_info: Vec::new(),
+        };
+        self.prefill(&p, LogitsWanted::Last, None)?;
         Ok(t.elapsed())
     }
 
