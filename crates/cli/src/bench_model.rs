@@ -7,35 +7,16 @@ use crate::bench::{config_json, RandomWeights, RecordedWeights};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use pixlm_engine::engine::token_id;
 use pixlm_models::{Model, ModelConfig, NeoSpecialIds};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 /// Largest shard written, in bytes (Hugging Face's `save_pretrained` default is 5 GB; smaller
 /// shards keep each file's write short and exercise the sharded loader at every size).
 const SHARD_BYTES: usize = 2 << 30;
-
-/// Token ids of the special tokens named in `tokenizer.json` (its `added_tokens`), and the
-/// number of ids it can produce.
-fn tokenizer_ids(tokenizer: &serde_json::Value) -> (HashMap<String, u32>, u64) {
-    let mut special = HashMap::new();
-    let mut max_id = 0u64;
-    if let Some(list) = tokenizer["added_tokens"].as_array() {
-        for t in list {
-            if let (Some(id), Some(content)) = (t["id"].as_u64(), t["content"].as_str()) {
-                special.insert(content.to_string(), id as u32);
-                max_id = max_id.max(id);
-            }
-        }
-    }
-    if let Some(vocab) = tokenizer["model"]["vocab"].as_object() {
-        for id in vocab.values().filter_map(|v| v.as_u64()) {
-            max_id = max_id.max(id);
-        }
-    }
-    (special, max_id + 1)
-}
 
 /// Writes a random-weight checkpoint of benchmark `shape` into `out` (bf16 weights, as NEO and
 /// Qwen3 are published), with the tokenizer files of `tokenizer_from`.
@@ -48,15 +29,16 @@ pub(crate) fn write_random_model(shape: &str, out: &Path, tokenizer_from: &Path)
     let tok_path = tokenizer_from.join("tokenizer.json");
     let tok_text = std::fs::read_to_string(&tok_path)
         .with_context(|| format!("reading the tokenizer {}", tok_path.display()))?;
-    let tok: serde_json::Value = serde_json::from_str(&tok_text)
-        .with_context(|| format!("{} is not JSON", tok_path.display()))?;
     if !tokenizer_from.join("tokenizer_config.json").is_file() {
         bail!(
             "{} is missing (it carries the chat template)",
             tokenizer_from.join("tokenizer_config.json").display()
         );
     }
-    let (special, n_ids) = tokenizer_ids(&tok);
+    // Read as the engine reads it when it loads the checkpoint.
+    let tok = tokenizers::Tokenizer::from_str(&tok_text)
+        .map_err(|e| anyhow!("{} is not a tokenizer: {e}", tok_path.display()))?;
+    let n_ids = tok.get_vocab_size(true) as u64;
     let vocab = cfg_json["llm_config"]["vocab_size"]
         .as_u64()
         .or_else(|| cfg_json["vocab_size"].as_u64())
@@ -71,14 +53,7 @@ pub(crate) fn write_random_model(shape: &str, out: &Path, tokenizer_from: &Path)
     }
     let neo_ids = match cfg {
         ModelConfig::Neo(_) => {
-            let id = |t: &str| {
-                special.get(t).copied().ok_or_else(|| {
-                    anyhow!(
-                        "{} lacks NEO's special token {t} (use a NEO tokenizer, e.g. ../shared/fixtures/neo-tiny/model)",
-                        tok_path.display()
-                    )
-                })
-            };
+            let id = |t: &str| token_id(&tok, &tok_path, t);
             Some(NeoSpecialIds {
                 img_start: id("<img>")?,
                 img_end: id("</img>")?,
@@ -175,21 +150,4 @@ pub(crate) fn write_random_model(shape: &str, out: &Path, tokenizer_from: &Path)
         if n == 1 { "" } else { "s" }
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokenizer_ids_reads_added_tokens_and_vocab() {
-        let t = serde_json::json!({
-            "added_tokens": [{"id": 7, "content": "<img>"}, {"id": 3, "content": "</img>"}],
-            "model": {"vocab": {"a": 0, "b": 5}}
-        });
-        let (special, n) = tokenizer_ids(&t);
-        assert_eq!(special.get("<img>"), Some(&7));
-        assert_eq!(special.get("</img>"), Some(&3));
-        assert_eq!(n, 8);
-    }
 }
