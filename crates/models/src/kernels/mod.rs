@@ -73,8 +73,18 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// candle obeys) candle's generic Q8_0 path is behind at every row count up to 8 (8 rows:
 /// 5.2 / 2.3).
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
+    match fmt {
+        qmatvec::QFormat::Q4K if cfg!(target_arch = "x86_64") => 2,
+        qmatvec::QFormat::Q8_0 if candle_q8_0_uses_vnni() => 4,
+        _ => matvec::MAX_ROWS,
+    }
+}
+
+/// Whether candle multiplies Q8_0 weights with its VNNI tiles on this CPU (its own test:
+/// AVX-512 VNNI or AVX-VNNI, unless `MISTRALRS_FORCE_AVX2=1`).
+fn candle_q8_0_uses_vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let vnni = *VNNI.get_or_init(|| {
+    *VNNI.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             std::env::var("MISTRALRS_FORCE_AVX2").as_deref() != Ok("1")
@@ -85,15 +95,7 @@ pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
         {
             false
         }
-    });
-    if !cfg!(target_arch = "x86_64") {
-        return matvec::MAX_ROWS;
-    }
-    match fmt {
-        qmatvec::QFormat::Q4K => 2,
-        qmatvec::QFormat::Q8_0 if vnni => 4,
-        qmatvec::QFormat::Q8_0 => matvec::MAX_ROWS,
-    }
+    })
 }
 
 /// `x · wᵀ` for a Q8_0 or Q4_K `w` by [`qmatvec::qmatvec`], under the same conditions as
