@@ -1,5 +1,6 @@
 //! The `pixlm` command line.
 
+mod alloc;
 mod bench;
 mod bench_llama;
 mod bench_model;
@@ -40,9 +41,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a NEO-architecture model on the shapes task (checkpoints in the Hugging Face layout).
     ///
-    /// Training is data-parallel: `--threads N` runs N workers, each differentiating its share
-    /// of every batch with single-threaded kernels (default: one per core). Results are
-    /// reproducible for a given seed and thread count.
+    /// Training is data-parallel: `--threads N` runs N workers, each differentiating
+    /// micro-batches of every batch with single-threaded kernels (default: one per core).
+    /// Results are reproducible for a given seed, whatever the thread count.
     Train(cmd_train::TrainArgs),
     /// Accuracy of a model on a shapes evaluation directory, overall and per question kind.
     Eval(cmd_train::EvalArgs),
@@ -53,6 +54,7 @@ enum Command {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     common::init_tracing();
     let result = match cli.command {
