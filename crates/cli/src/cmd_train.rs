@@ -80,7 +80,11 @@ pub struct TrainArgs {
     /// differ.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
-    /// Stop (and save) after this many minutes even if steps remain.
+    /// Finish within this many minutes. At the end of warmup the run times its steps; if the
+    /// remaining ones would not fit in 96% of the limit, it cuts --steps to the number that
+    /// does (the cosine decay then ends at the new last step, and `--steps N` with that
+    /// number reproduces the run exactly). If the machine slows down later, the run saves and
+    /// stops at the limit.
     #[arg(long)]
     pub time_limit_min: Option<f64>,
     /// Print one line per N steps instead of a progress bar.
@@ -186,6 +190,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     );
     bar.set_position(trainer.step as u64);
     let mut ema = None::<f32>;
+    let mut planned = steps;
     let log_every = a.log_every;
     let limit = a.time_limit_min.map(|m| Duration::from_secs_f64(m * 60.0));
     trainer.run(limit, &mut |s| {
@@ -197,10 +202,22 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             s.grad_norm,
             s.tokens as f64 / s.secs
         );
+        if s.planned != planned {
+            bar.suspend(|| {
+                eprintln!(
+                    "step {}: at this machine's speed {} steps would not end within \
+                     --time-limit-min; the schedule now ends at step {} (`--steps {}` \
+                     reproduces this run)",
+                    s.step, planned, s.planned, s.planned
+                )
+            });
+            planned = s.planned;
+            bar.set_length(planned as u64);
+        }
         bar.set_position(s.step as u64);
         bar.set_message(msg.clone());
         if log_every.is_some_and(|n| s.step % n == 0 || s.step == 1) {
-            eprintln!("step {:>6}/{steps}  {msg}", s.step);
+            eprintln!("step {:>6}/{planned}  {msg}", s.step);
         }
     })?;
     bar.finish();

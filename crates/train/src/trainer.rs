@@ -60,10 +60,10 @@ pub struct TrainConfig {
     /// Also train the description turn (see `data::draw_batch`).
     #[serde(default)]
     pub describe: bool,
-    /// Data-parallel workers: each step's batch is split into this many parts (balanced by
-    /// tokens), each differentiated on its own thread with single-threaded kernels, and the
-    /// gradients summed. On small models this scales far better than multi-threaded kernels.
-    /// Results depend on it (summation order), so a run is reproducible for a fixed count.
+    /// Data-parallel workers: threads that each differentiate micro-batches of every step's
+    /// batch with single-threaded kernels (see `Trainer::loss_and_grads`). On small models
+    /// this scales far better than multi-threaded kernels. Results do not depend on it: the
+    /// micro-batches' gradients are summed in a fixed order.
     #[serde(default = "one")]
     pub workers: usize,
     /// Weight of the auxiliary image-token targets (each covered image token predicts its
@@ -126,8 +126,13 @@ fn add_grads(
 }
 
 /// Most sequences differentiated in one packed forward and backward (see
-/// `Trainer::part_grads`).
+/// `Trainer::loss_and_grads`).
 const MICRO_BATCH: usize = 4;
+
+/// Parts of a batch whose gradients are summed separately, then added (see
+/// `Trainer::loss_and_grads`): the summation order of the two-worker trainer that produced the
+/// shipped model, kept so its recipe still reproduces it bit for bit.
+const SUM_PARTS: usize = 2;
 
 /// Classes of the object-shape head: circle, square, triangle.
 const SHAPE_CLASSES: usize = 3;
@@ -173,6 +178,8 @@ pub struct StepStats {
     pub grad_norm: f32,
     pub tokens: usize,
     pub secs: f64,
+    /// The schedule's last step (`config.steps`, which a time limit may shorten).
+    pub planned: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -667,62 +674,90 @@ impl Trainer {
         ))
     }
 
-    /// Loss share and gradients (in optimizer order) of one part of a batch, differentiated
-    /// in micro-batches of at most [`MICRO_BATCH`] sequences whose gradients are summed.
-    ///
-    /// Why: a packed forward slices each sequence out of the packed activations, and candle's
-    /// backward of a slice is a zero tensor of the *whole* packed size plus an add, so one
-    /// backward costs O(sequences x packed length) in allocations and adds. Micro-batches
-    /// keep that term small (profiled: page faults and element-wise adds were over 40% of a
-    /// 16-sequence part's time).
-    fn part_grads(
+    /// Loss share and gradients (in optimizer order) of one micro-batch.
+    fn micro_grads(
         &self,
-        part: &[Example],
+        micro: &[Example],
         total: f64,
         objects: usize,
     ) -> Result<(f32, Vec<Option<Tensor>>)> {
-        let mut loss_sum = 0f32;
-        let mut sum: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
-        for micro in part.chunks(MICRO_BATCH) {
-            let loss = self.loss_share(micro, total, objects)?;
-            let grads = loss.backward()?;
-            loss_sum += loss.to_scalar::<f32>()?;
-            let g = self
-                .opt
-                .vars
-                .iter()
-                .map(|(_, v)| grads.get(v.as_tensor()).cloned());
-            add_grads(&mut sum, g)?;
-        }
-        Ok((loss_sum, sum))
+        let loss = self.loss_share(micro, total, objects)?;
+        let grads = loss.backward()?;
+        let grads = self
+            .opt
+            .vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect();
+        Ok((loss.to_scalar::<f32>()?, grads))
     }
 
-    /// The batch's mean loss and gradients, computed by `config.workers` threads on parts of
-    /// the batch balanced by token count, summed in a fixed order.
+    /// The batch's mean loss and gradients.
+    ///
+    /// The batch is split into [`SUM_PARTS`] contiguous parts of about equal token counts, and
+    /// each part into micro-batches of at most [`MICRO_BATCH`] sequences. `config.workers`
+    /// threads take the micro-batches from a shared counter, each differentiating one at a
+    /// time with single-threaded kernels. The gradients are then summed in a fixed order
+    /// (each part's micro-batches in order, then the parts in order), so the result is the
+    /// same for any number of workers, and the same as the earlier two-worker trainer that
+    /// produced the shipped model (each worker summed its half; then the halves were added).
+    /// Pulling work keeps every core busy to the end of a step whatever the micro-batches'
+    /// costs (fixed halves left one worker idle for up to 15% of a step).
+    ///
+    /// Why micro-batches: a packed forward slices each sequence out of the packed activations,
+    /// and candle's backward of a slice is a zero tensor of the *whole* packed size plus an add,
+    /// so one backward costs O(sequences x packed length) in allocations and adds (profiled:
+    /// page faults and element-wise adds were over 40% of a 16-sequence backward's time).
     fn loss_and_grads(&self, batch: &[Example]) -> Result<(f32, Vec<Option<Tensor>>)> {
+        type Grads = Result<(f32, Vec<Option<Tensor>>)>;
         let total: f64 = batch.iter().map(|e| self.config.answer_weight(e)).sum();
         let objects: usize = batch.iter().map(|e| e.objects.len()).sum();
-        let parts = split_balanced(batch, self.config.workers);
-        if parts.len() <= 1 {
-            return self.part_grads(batch, total, objects);
-        }
-        let results: Vec<Result<(f32, Vec<Option<Tensor>>)>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|p| sc.spawn(move || self.part_grads(p, total, objects)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(TrainError::Other("a worker panicked".into())))
-                })
-                .collect()
+        let parts = split_balanced(batch, SUM_PARTS);
+        // (part, micro-batch) in summation order.
+        let micros: Vec<(usize, &[Example])> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(p, part)| part.chunks(MICRO_BATCH).map(move |m| (p, m)))
+            .collect();
+        let slots: Vec<std::sync::Mutex<Option<Grads>>> =
+            micros.iter().map(|_| Default::default()).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(_, micro)) = micros.get(i) else {
+                break;
+            };
+            let r = self.micro_grads(micro, total, objects);
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = Some(r);
+            }
+        };
+        let workers = self.config.workers.clamp(1, micros.len().max(1));
+        std::thread::scope(|sc| {
+            let helpers: Vec<_> = (1..workers).map(|_| sc.spawn(work)).collect();
+            work();
+            for h in helpers {
+                // A panicked helper leaves its micro-batch's slot empty: reported below.
+                let _ = h.join();
+            }
         });
-        let mut loss = 0f32;
-        let mut sum: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
-        for r in results {
+        let n_vars = self.opt.vars.len();
+        let mut part_sums: Vec<(f32, Vec<Option<Tensor>>)> =
+            parts.iter().map(|_| (0f32, vec![None; n_vars])).collect();
+        for ((part, _), slot) in micros.iter().zip(slots) {
+            let r = slot
+                .into_inner()
+                .ok()
+                .flatten()
+                .ok_or_else(|| TrainError::Other("a training worker panicked".into()))?;
             let (l, grads) = r?;
+            let (loss, sum) = &mut part_sums[*part];
+            *loss += l;
+            add_grads(sum, grads)?;
+        }
+        let mut loss = 0f32;
+        let mut sum: Vec<Option<Tensor>> = vec![None; n_vars];
+        for (l, grads) in part_sums {
             loss += l;
             add_grads(&mut sum, grads)?;
         }
@@ -762,6 +797,7 @@ impl Trainer {
             grad_norm: norm as f32,
             tokens: batch.iter().map(|e| e.ids.len()).sum(),
             secs,
+            planned: self.config.steps,
         })
     }
 
@@ -823,8 +859,16 @@ impl Trainer {
         Ok(())
     }
 
-    /// Runs to `config.steps` (or until `time_limit`), drawing data on a second thread.
-    /// `on_step` sees every step's figures.
+    /// Runs to `config.steps`, drawing data on a second thread. `on_step` sees every step's
+    /// figures.
+    ///
+    /// With a `time_limit`, the run is fitted to it once, at the end of warmup: the steps
+    /// timed since the fifth step of this invocation give the time per step, and if the
+    /// remaining steps would not end within [`TIME_PLAN_SHARE`] of the limit, `config.steps`
+    /// is cut to the number that does. Up to the end of warmup the learning rate does not
+    /// depend on `config.steps`, so the shortened run is exactly the run that `--steps` of
+    /// the new length would give: it is reproducible, and its cosine decay still ends at its
+    /// last step. If the machine then slows down, the run still saves and stops at the limit.
     pub fn run(
         &mut self,
         time_limit: Option<Duration>,
@@ -845,13 +889,35 @@ impl Trainer {
             }
         });
         let t0 = Instant::now();
-        while self.step < end {
+        // Steps before this one pay for start-up and first-touch memory: not timed.
+        let calibrate_from = start + 5;
+        let mut calibration_start = None;
+        while self.step < self.config.steps {
             let batch = rx
                 .recv()
                 .map_err(|_| TrainError::Other("data thread stopped".into()))??;
             let stats = self.train_step(&batch)?;
-            on_step(&stats);
-            if self.step.is_multiple_of(self.config.save_every) || self.step == end {
+            if self.step == calibrate_from {
+                calibration_start = Some(Instant::now());
+            }
+            if let (Some(limit), Some(since)) = (time_limit, calibration_start) {
+                let timed = self.step - calibrate_from;
+                if self.step == self.config.warmup && timed >= 10 {
+                    let per_step = since.elapsed().as_secs_f64() / timed as f64;
+                    self.config.steps = fit_steps(
+                        self.config.steps,
+                        self.step,
+                        t0.elapsed().as_secs_f64(),
+                        per_step,
+                        limit.as_secs_f64(),
+                    );
+                }
+            }
+            on_step(&StepStats {
+                planned: self.config.steps,
+                ..stats
+            });
+            if self.step.is_multiple_of(self.config.save_every) || self.step == self.config.steps {
                 self.save()?;
             }
             if time_limit.is_some_and(|l| t0.elapsed() > l) {
@@ -863,6 +929,24 @@ impl Trainer {
         let _ = producer.join();
         Ok(())
     }
+}
+
+/// The share of a time limit that a run is planned to fill (see [`Trainer::run`]): the rest
+/// absorbs the noise of the step-time estimate and the final save.
+pub const TIME_PLAN_SHARE: f64 = 0.96;
+
+/// How many steps a run planned for `steps` should take so that it ends within
+/// [`TIME_PLAN_SHARE`] of `limit` seconds, given that `done` steps took `elapsed` seconds and
+/// the rest take `per_step` seconds each: `steps` if they fit, never fewer than `done + 1`.
+pub fn fit_steps(steps: usize, done: usize, elapsed: f64, per_step: f64, limit: f64) -> usize {
+    let left = TIME_PLAN_SHARE * limit - elapsed;
+    if per_step <= 0.0
+        || elapsed + (steps - done.min(steps)) as f64 * per_step <= TIME_PLAN_SHARE * limit
+    {
+        return steps;
+    }
+    let more = (left.max(0.0) / per_step).floor() as usize;
+    (done + more).clamp(done + 1, steps.max(done + 1))
 }
 
 /// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
@@ -897,4 +981,47 @@ fn split_balanced(batch: &[Example], n: usize) -> Vec<&[Example]> {
 fn tok_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
     tok.token_to_id(s)
         .ok_or_else(|| TrainError::Other(format!("tokenizer lacks {s}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_steps_keeps_a_run_that_fits_and_cuts_one_that_does_not() {
+        // 60 of 1000 steps done in 60 s, 1 s a step, 20 minutes: 1000 s more fits in 1152 s.
+        assert_eq!(fit_steps(1000, 60, 60.0, 1.0, 1200.0), 1000);
+        // A 10-minute limit: 0.96 × 600 − 60 = 516 s left, 516 more steps.
+        assert_eq!(fit_steps(1000, 60, 60.0, 1.0, 600.0), 576);
+        // Already past the limit: one more step, never fewer.
+        assert_eq!(fit_steps(1000, 60, 700.0, 1.0, 600.0), 61);
+        // Never longer than asked, whatever the estimate.
+        assert_eq!(fit_steps(100, 60, 1.0, 0.001, 600.0), 100);
+        assert_eq!(fit_steps(100, 60, 1.0, 0.0, 600.0), 100);
+    }
+
+    #[test]
+    fn split_balanced_parts_are_contiguous_and_cover_the_batch() {
+        let ex = |len: usize| Example {
+            ids: vec![0; len],
+            images: vec![],
+            targets: vec![],
+            target_kinds: vec![],
+            aux: vec![],
+            objects: vec![],
+            kind: String::new(),
+        };
+        let batch: Vec<Example> = [10, 30, 20, 20, 5, 15].into_iter().map(ex).collect();
+        let parts = split_balanced(&batch, 2);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        // 100 tokens: the first part closes once it holds half (10 + 30 + 20 = 60 >= 50).
+        assert_eq!(sizes, vec![3, 3]);
+        let mut at = batch.as_ptr();
+        for p in &parts {
+            assert_eq!(p.as_ptr(), at);
+            at = at.wrapping_add(p.len());
+        }
+        assert_eq!(split_balanced(&batch[..1], 2).len(), 1);
+        assert!(split_balanced(&[], 2).is_empty());
+    }
 }
