@@ -4,9 +4,9 @@
 //! tensors. glibc's malloc serves every block over 128 KiB with a fresh `mmap` and returns it
 //! with `munmap` on free, so each tensor costs page faults, page zeroing and a TLB shoot-down
 //! on the other cores; mimalloc by default also hands freed pages back after a short delay.
-//! With purging off, a training step of the shapes recipe ran 15-20% faster with identical
-//! losses and system time fell from about 5.5 s to 0.9 s per 12 steps (BENCHMARKS.md,
-//! "Training throughput"). The price is that the process keeps its peak heap, which the next
+//! With purging off, 30 training steps of the shapes recipe took 2-3 s of system time instead
+//! of 13-14 s and ran 10-15% faster with identical losses, and the NEO-2B f32 prefill ran
+//! 10-15% faster (BENCHMARKS.md, "Training throughput" and the NEO-2B TTFT table). The price is that the process keeps its peak heap, which the next
 //! step or request needs again anyway.
 
 #[global_allocator]
