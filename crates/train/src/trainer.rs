@@ -939,14 +939,13 @@ pub const TIME_PLAN_SHARE: f64 = 0.96;
 /// [`TIME_PLAN_SHARE`] of `limit` seconds, given that `done` steps took `elapsed` seconds and
 /// the rest take `per_step` seconds each: `steps` if they fit, never fewer than `done + 1`.
 pub fn fit_steps(steps: usize, done: usize, elapsed: f64, per_step: f64, limit: f64) -> usize {
-    let left = TIME_PLAN_SHARE * limit - elapsed;
-    if per_step <= 0.0
-        || elapsed + (steps - done.min(steps)) as f64 * per_step <= TIME_PLAN_SHARE * limit
-    {
+    let budget = TIME_PLAN_SHARE * limit - elapsed;
+    if per_step <= 0.0 || steps.saturating_sub(done) as f64 * per_step <= budget {
         return steps;
     }
-    let more = (left.max(0.0) / per_step).floor() as usize;
-    (done + more).clamp(done + 1, steps.max(done + 1))
+    // The rest does not fit, so `more` is below it and the result below `steps`.
+    let more = (budget.max(0.0) / per_step).floor() as usize;
+    done + more.max(1)
 }
 
 /// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
