@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod eval;
+mod grad_check;
 pub mod model_spec;
 pub mod shapes;
 pub mod tokenizer_train;
