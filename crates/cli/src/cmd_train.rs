@@ -70,6 +70,11 @@ pub struct TrainArgs {
     /// that `left_of` compares. 0 turns them off.
     #[arg(long, default_value_t = 0)]
     pub pair_positions: usize,
+    /// With --aux-weight, each image token an object covers also predicts the object's
+    /// horizontal position (the fifth of the width holding its centre, 0 to 4), so that
+    /// every object's tokens carry where it is: what `left_of` compares.
+    #[arg(long)]
+    pub aux_positions: bool,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -159,6 +164,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         kind_weights: a.kind_weights.iter().cloned().collect(),
         pair_counts: a.pair_counts,
         pair_positions: a.pair_positions,
+        aux_positions: a.aux_positions,
         init_from: a.init_from.clone(),
         ..TrainConfig::default()
     };

@@ -97,6 +97,9 @@ pub struct Turns {
     pub pair_counts: usize,
     /// Training-only [`shapes::position_for`] questions (where the scene allows).
     pub positions: usize,
+    /// The auxiliary image-token targets also name the covering object's position (see
+    /// [`image_token_targets`]).
+    pub aux_positions: bool,
 }
 
 /// Draws `n` fresh sequences. Each rendered image becomes one conversation holding up to
@@ -126,6 +129,7 @@ pub fn draw_batch(
         describe,
         pair_counts,
         positions,
+        aux_positions,
     } = turns;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -153,7 +157,7 @@ pub fn draw_batch(
         }
         let patches = pixlm_media::preprocess(&img, pre)?;
         let mut ex = build_conversation(tok, &patches, &qs)?;
-        ex.aux = image_token_targets(tok, &ex.ids, &scene, &patches)?;
+        ex.aux = image_token_targets(tok, &ex.ids, &scene, &patches, aux_positions)?;
         ex.objects = object_tokens(&scene, &patches, 0);
         out.push(ex);
     }
@@ -220,12 +224,15 @@ pub fn token_objects(scene: &shapes::Scene, patches: &pixlm_media::Patches) -> V
 }
 
 /// The auxiliary targets of one conversation: at each `<IMG_CONTEXT>` position whose token an
-/// object covers, its colour word and its shape word.
+/// object covers, its colour word and its shape word, and with `with_positions` also the fifth of
+/// the width holding its centre (`0` to `4`, [`shapes::position_fifth`]): the horizontal
+/// position `left_of` compares, written into every token of the object.
 fn image_token_targets(
     tok: &Tokenizer,
     ids: &[u32],
     scene: &shapes::Scene,
     patches: &pixlm_media::Patches,
+    with_positions: bool,
 ) -> Result<Vec<(usize, u32)>, DataError> {
     let id = |s: &str| -> Result<u32, DataError> {
         let e = tok
@@ -254,6 +261,9 @@ fn image_token_targets(
             let o = &scene.objects[k];
             out.push((pos, id(o.color.name())?));
             out.push((pos, id(o.shape.name())?));
+            if with_positions {
+                out.push((pos, id(&shapes::position_fifth(o, scene).to_string())?));
+            }
         }
     }
     Ok(out)
@@ -370,7 +380,7 @@ mod tests {
             "count_all".into(),
         )];
         let ex = build_conversation(&tok, &patches, &qa).unwrap();
-        let aux = image_token_targets(&tok, &ex.ids, &scene, &patches).unwrap();
+        let aux = image_token_targets(&tok, &ex.ids, &scene, &patches, false).unwrap();
         assert_eq!(aux.len(), 8);
         let ctx = tok.token_to_id("<IMG_CONTEXT>").unwrap();
         let first = ex.ids.iter().position(|&t| t == ctx).unwrap();
@@ -383,6 +393,14 @@ mod tests {
                 "{k}"
             );
             assert_eq!(t, if i % 2 == 0 { red } else { square });
+        }
+        // With positions, each token also names the fifth of the width holding the square's
+        // centre (x = 64 of 224: the second fifth, `1`).
+        let aux = image_token_targets(&tok, &ex.ids, &scene, &patches, true).unwrap();
+        assert_eq!(aux.len(), 12);
+        let one = tok.token_to_id("1").unwrap();
+        for (i, &(_, t)) in aux.iter().enumerate() {
+            assert_eq!(t, [red, square, one][i % 3]);
         }
     }
 
@@ -451,6 +469,7 @@ mod tests {
                 describe: true,
                 pair_counts: 1,
                 positions: 0,
+                aux_positions: false,
             },
         )
         .unwrap();

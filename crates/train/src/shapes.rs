@@ -36,8 +36,8 @@ pub use eval_set::{
 pub use questions::{
     all_answers, all_question_texts, all_questions, color_question, count_pair_for,
     count_pair_question, count_shape_question, exists_question, left_of_pairs, left_of_question,
-    position_for, position_question, questions_for, shape_question, Candidate, Question,
-    QuestionBalancer, COUNT_ALL_QUESTION, COUNT_PAIR_KIND, POSITION_KIND,
+    position_fifth, position_for, position_question, questions_for, shape_question, Candidate,
+    Question, QuestionBalancer, COUNT_ALL_QUESTION, COUNT_PAIR_KIND, POSITION_KIND,
 };
 pub use render::{apply_format, encode_image, object_coverage, render};
 

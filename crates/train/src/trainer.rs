@@ -91,6 +91,10 @@ pub struct TrainConfig {
     /// `shapes::position_for`); 0 turns them off.
     #[serde(default)]
     pub pair_positions: usize,
+    /// With `aux_weight`, each covered image token also predicts its object's position (the
+    /// fifth of the width holding its centre, the `position` questions' answer).
+    #[serde(default)]
+    pub aux_positions: bool,
     /// A checkpoint (a `pixlm train` output directory) whose weights start this run instead
     /// of a random initialisation: a fine-tune, with a fresh optimizer and schedule. Its
     /// `config.json` fixes the model's sizes. Ignored when a run resumes (its own checkpoint
@@ -164,6 +168,7 @@ impl Default for TrainConfig {
             kind_weights: BTreeMap::new(),
             pair_counts: 0,
             pair_positions: 0,
+            aux_positions: false,
             init_from: None,
         }
     }
@@ -508,6 +513,7 @@ impl Trainer {
                 describe: config.describe,
                 pair_counts: config.pair_counts,
                 positions: config.pair_positions,
+                aux_positions: config.aux_positions,
             },
         )?)
     }

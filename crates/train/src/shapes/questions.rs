@@ -141,12 +141,18 @@ pub fn position_for<R: Rng + ?Sized>(
         return None;
     }
     let o = unique[rng.random_range(0..unique.len())];
-    let fifth = ((o.center[0] / scene.width.max(1) as f32) * 5.0).floor();
     Some((
         position_question(o.color, o.shape),
-        (fifth.clamp(0.0, 4.0) as u32).to_string(),
+        position_fifth(o, scene).to_string(),
         POSITION_KIND.to_string(),
     ))
+}
+
+/// The fifth of `scene`'s width that holds `o`'s centre: `0` (left) to `4` (right), the
+/// answer of [`position_question`].
+pub fn position_fifth(o: &super::Object, scene: &Scene) -> u32 {
+    let fifth = ((o.center[0] / scene.width.max(1) as f32) * 5.0).floor();
+    fifth.clamp(0.0, 4.0) as u32
 }
 
 /// `How many objects are there?`
