@@ -9,6 +9,10 @@ use std::sync::Mutex;
 const TTFT_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Upper bounds (seconds) of the inter-token latency histogram buckets.
+const ITL_BUCKETS: [f64; 12] = [
+    0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -27,14 +31,42 @@ pub struct Metrics {
     pub queue_depth: AtomicU64,
     pub running: AtomicU64,
     pub forward_steps: AtomicU64,
+    /// Tokens whose keys and values the running sequences' caches hold.
+    pub kv_running_tokens: AtomicU64,
+    /// Bytes of keys and values held: running sequences and the prefix cache.
+    pub kv_bytes: AtomicU64,
     ttft: Mutex<Histogram>,
+    itl: Mutex<Histogram>,
 }
 
+/// A cumulative histogram over fixed bucket bounds (Prometheus' `le` buckets).
 #[derive(Default)]
 struct Histogram {
-    counts: [u64; TTFT_BUCKETS.len()],
+    counts: [u64; 12],
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64; 12], v: f64) {
+        for (c, &b) in self.counts.iter_mut().zip(bounds) {
+            if v <= b {
+                *c += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+
+    fn render(&self, s: &mut String, name: &str, help: &str, bounds: &[f64; 12]) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (c, b) in self.counts.iter().zip(bounds) {
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(s, "{name}_sum {}", self.sum);
+        let _ = writeln!(s, "{name}_count {}", self.count);
+    }
 }
 
 impl Metrics {
@@ -46,13 +78,14 @@ impl Metrics {
 
     pub fn observe_ttft(&self, secs: f64) {
         if let Ok(mut h) = self.ttft.lock() {
-            for (i, &b) in TTFT_BUCKETS.iter().enumerate() {
-                if secs <= b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
+            h.observe(&TTFT_BUCKETS, secs);
+        }
+    }
+
+    /// Time between two tokens of one sequence, as its client sees them.
+    pub fn observe_itl(&self, secs: f64) {
+        if let Ok(mut h) = self.itl.lock() {
+            h.observe(&ITL_BUCKETS, secs);
         }
     }
 
@@ -82,6 +115,16 @@ impl Metrics {
                 "pixlm_prefix_cache_tokens",
                 "Tokens whose keys and values the prefix cache holds.",
                 &self.prefix_cached_tokens,
+            ),
+            (
+                "pixlm_kv_running_tokens",
+                "Tokens whose keys and values the running sequences hold.",
+                &self.kv_running_tokens,
+            ),
+            (
+                "pixlm_kv_cache_bytes",
+                "Bytes of keys and values held by running sequences and the prefix cache.",
+                &self.kv_bytes,
             ),
         ];
         for (name, help, v) in gauges {
@@ -135,16 +178,76 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
-        let name = "pixlm_time_to_first_token_seconds";
-        let _ = writeln!(s, "# HELP {name} Time from request arrival to the first generated token.\n# TYPE {name} histogram");
         if let Ok(h) = self.ttft.lock() {
-            for (i, b) in TTFT_BUCKETS.iter().enumerate() {
-                let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(s, "{name}_sum {}", h.sum);
-            let _ = writeln!(s, "{name}_count {}", h.count);
+            h.render(
+                &mut s,
+                "pixlm_time_to_first_token_seconds",
+                "Time from request arrival to the first generated token.",
+                &TTFT_BUCKETS,
+            );
+        }
+        if let Ok(h) = self.itl.lock() {
+            h.render(
+                &mut s,
+                "pixlm_inter_token_latency_seconds",
+                "Time between consecutive generated tokens of one sequence.",
+                &ITL_BUCKETS,
+            );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_rendered() {
+        let m = Metrics::default();
+        m.observe_itl(0.003);
+        m.observe_itl(0.05);
+        m.observe_itl(9.0);
+        m.observe_ttft(0.2);
+        let text = m.render();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+                .to_string()
+        };
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_bucket{le=\"0.002\"}"),
+            "pixlm_inter_token_latency_seconds_bucket{le=\"0.002\"} 0"
+        );
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_bucket{le=\"0.005\"}"),
+            "pixlm_inter_token_latency_seconds_bucket{le=\"0.005\"} 1"
+        );
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_bucket{le=\"0.08\"}"),
+            "pixlm_inter_token_latency_seconds_bucket{le=\"0.08\"} 2"
+        );
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_bucket{le=\"5.12\"}"),
+            "pixlm_inter_token_latency_seconds_bucket{le=\"5.12\"} 2"
+        );
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_bucket{le=\"+Inf\"}"),
+            "pixlm_inter_token_latency_seconds_bucket{le=\"+Inf\"} 3"
+        );
+        assert_eq!(
+            line("pixlm_inter_token_latency_seconds_count"),
+            "pixlm_inter_token_latency_seconds_count 3"
+        );
+        assert_eq!(
+            line("pixlm_time_to_first_token_seconds_bucket{le=\"0.25\"}"),
+            "pixlm_time_to_first_token_seconds_bucket{le=\"0.25\"} 1"
+        );
+        assert_eq!(
+            line("pixlm_time_to_first_token_seconds_bucket{le=\"0.1\"}"),
+            "pixlm_time_to_first_token_seconds_bucket{le=\"0.1\"} 0"
+        );
+        assert!(text.contains("# TYPE pixlm_kv_cache_bytes gauge"));
     }
 }

@@ -143,6 +143,8 @@ struct Seq {
     cached: usize,
     last: [u32; 1],
     generated: Vec<u32>,
+    /// When the last token was sampled (for the inter-token latency histogram).
+    last_token_at: Option<Instant>,
     budget: usize,
     sampler: Sampler,
     decoder: StreamDecoder,
@@ -192,6 +194,8 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                 s.running = 0;
                 metrics.running.store(0, Relaxed);
                 metrics.queue_depth.store(0, Relaxed);
+                metrics.kv_running_tokens.store(0, Relaxed);
+                metrics.kv_bytes.store(prefix.bytes() as u64, Relaxed);
                 if s.closed {
                     return;
                 }
@@ -346,9 +350,6 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
             outcomes.push(outcome);
         }
         let mut idx = 0;
-        metrics
-            .prefix_cached_tokens
-            .store(prefix.tokens() as u64, Relaxed);
         running.retain_mut(|q| {
             let o = &outcomes[idx];
             idx += 1;
@@ -375,6 +376,18 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                 }
             }
         });
+        // After the finished sequences left (their caches went to the prefix cache).
+        metrics
+            .prefix_cached_tokens
+            .store(prefix.tokens() as u64, Relaxed);
+        let running_tokens: usize = running.iter().map(|q| q.cache.len()).sum();
+        let running_bytes: usize = running.iter().map(|q| q.cache.bytes()).sum();
+        metrics
+            .kv_running_tokens
+            .store(running_tokens as u64, Relaxed);
+        metrics
+            .kv_bytes
+            .store((running_bytes + prefix.bytes()) as u64, Relaxed);
     }
 }
 
@@ -465,6 +478,7 @@ fn new_seq(
         cached: skip_ids,
         last: [0],
         generated: Vec::new(),
+        last_token_at: None,
         budget,
         sampler,
         decoder: StreamDecoder::from_shared(tokenizer.clone(), true),
@@ -476,9 +490,12 @@ fn new_seq(
 /// Samples one token for `q` from its logits row and streams its text.
 fn step(engine: &Engine, q: &mut Seq, row: &[f32], metrics: &Metrics) -> StepOutcome {
     let next = q.sampler.sample(row, &q.generated);
-    if q.generated.is_empty() {
-        metrics.observe_ttft(q.job.arrived.elapsed().as_secs_f64());
+    let now = Instant::now();
+    match q.last_token_at {
+        None => metrics.observe_ttft(now.duration_since(q.job.arrived).as_secs_f64()),
+        Some(t) => metrics.observe_itl(now.duration_since(t).as_secs_f64()),
     }
+    q.last_token_at = Some(now);
     q.generated.push(next);
     q.last = [next];
     metrics.generated_tokens.fetch_add(1, Relaxed);

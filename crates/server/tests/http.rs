@@ -303,9 +303,21 @@ fn completions_streaming_images_and_info_endpoints() {
             "pixlm_generated_tokens_total",
             "pixlm_time_to_first_token_seconds_bucket{le=\"+Inf\"}",
             "pixlm_time_to_first_token_seconds_count",
+            "pixlm_inter_token_latency_seconds_bucket{le=\"+Inf\"}",
+            "pixlm_kv_running_tokens",
+            "pixlm_kv_cache_bytes",
         ] {
             assert!(m.contains(want), "metrics lack {want}:\n{m}");
         }
+        // Requests above generated several tokens each: gaps between them were timed, and
+        // the prefix cache holds their keys and values.
+        let value = |name: &str| -> f64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+        };
+        assert!(value("pixlm_inter_token_latency_seconds_count") > 0.0);
+        assert!(value("pixlm_kv_cache_bytes") > 0.0);
     });
     stop(h);
 }
