@@ -194,8 +194,7 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                 s.running = 0;
                 metrics.running.store(0, Relaxed);
                 metrics.queue_depth.store(0, Relaxed);
-                metrics.kv_running_tokens.store(0, Relaxed);
-                metrics.kv_bytes.store(prefix.bytes() as u64, Relaxed);
+                store_kv_gauges(metrics, &running, &prefix);
                 if s.closed {
                     return;
                 }
@@ -377,18 +376,21 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
             }
         });
         // After the finished sequences left (their caches went to the prefix cache).
-        metrics
-            .prefix_cached_tokens
-            .store(prefix.tokens() as u64, Relaxed);
-        let running_tokens: usize = running.iter().map(|q| q.cache.len()).sum();
-        let running_bytes: usize = running.iter().map(|q| q.cache.bytes()).sum();
-        metrics
-            .kv_running_tokens
-            .store(running_tokens as u64, Relaxed);
-        metrics
-            .kv_bytes
-            .store((running_bytes + prefix.bytes()) as u64, Relaxed);
+        store_kv_gauges(metrics, &running, &prefix);
     }
+}
+
+/// Publishes what the running sequences and the prefix cache hold.
+fn store_kv_gauges(metrics: &Metrics, running: &[Seq], prefix: &PrefixCache) {
+    let tokens: usize = running.iter().map(|q| q.cache.len()).sum();
+    let bytes: usize = running.iter().map(|q| q.cache.bytes()).sum();
+    metrics.kv_running_tokens.store(tokens as u64, Relaxed);
+    metrics
+        .kv_bytes
+        .store((bytes + prefix.bytes()) as u64, Relaxed);
+    metrics
+        .prefix_cached_tokens
+        .store(prefix.tokens() as u64, Relaxed);
 }
 
 /// The part of a prompt one step prefills: up to token `end`, holding `images` whole images.

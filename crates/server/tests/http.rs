@@ -43,6 +43,13 @@ fn start(f: impl FnOnce(&mut ServerConfig)) -> Option<ServerHandle> {
     Some(pixlm_server::spawn(engine, cfg).expect("start the server"))
 }
 
+/// The value of metric `name` (a sample line `name value`) in `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 fn png_data_url() -> String {
     let root = fixtures().expect("fixtures");
     let bytes = std::fs::read(root.join("neo-tiny/cases/single_image/image_1.png")).expect("png");
@@ -311,13 +318,8 @@ fn completions_streaming_images_and_info_endpoints() {
         }
         // Requests above generated several tokens each: gaps between them were timed, and
         // the prefix cache holds their keys and values.
-        let value = |name: &str| -> f64 {
-            m.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in\n{m}"))
-        };
-        assert!(value("pixlm_inter_token_latency_seconds_count") > 0.0);
-        assert!(value("pixlm_kv_cache_bytes") > 0.0);
+        assert!(metric(&m, "pixlm_inter_token_latency_seconds_count") > 0.0);
+        assert!(metric(&m, "pixlm_kv_cache_bytes") > 0.0);
     });
     stop(h);
 }
@@ -617,14 +619,8 @@ fn bounded_queue_answers_everyone() {
         );
         assert!(m.contains("pixlm_running_sequences 0"), "{m}");
         // Several sequences shared forward passes: fewer steps than tokens generated.
-        let num = |name: &str| -> u64 {
-            m.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} missing"))
-        };
         assert!(
-            num("pixlm_forward_steps_total") < num("pixlm_generated_tokens_total"),
+            metric(&m, "pixlm_forward_steps_total") < metric(&m, "pixlm_generated_tokens_total"),
             "{m}"
         );
     });
@@ -1060,14 +1056,10 @@ fn chunked_prefill_gives_the_same_answers() {
         assert_eq!(a["choices"], b["choices"]);
         assert_eq!(a["usage"], b["usage"]);
     }
-    let steps: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("pixlm_forward_steps_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let steps = metric(&metrics, "pixlm_forward_steps_total");
     let prompt = whole[0]["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(
-        steps > prompt / 7,
+        steps > (prompt / 7) as f64,
         "{steps} forward steps for a {prompt}-token prompt"
     );
 }
