@@ -1,9 +1,12 @@
-//! Times x·wᵀ for a quantized weight at 1 to 8 rows: pixlm's kernel (`kernels::qmatvec`,
-//! called directly, whatever `quantized_max_rows` would choose) against candle's QMatMul.
-//! The figures behind `kernels::quantized_max_rows`:
-//! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`).
+//! Times x·wᵀ for a quantized weight at 1 to 512 rows: pixlm's row kernel
+//! (`kernels::qmatvec`), for Q8_0 its tile kernel (`kernels::qgemm`), both called directly
+//! whatever `kernels::quantized_matmul_t` would choose, against candle's QMatMul. The figures
+//! behind `kernels::quantized_max_rows` and `kernels::Q8_0_TILE_MIN_ROWS`:
+//! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`; a third
+//! argument, e.g. `1,8,512`, picks the row counts).
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use pixlm_models::kernels::qgemm;
 use pixlm_models::kernels::qmatvec::{qmatvec, QFormat};
 use std::time::Instant;
 
@@ -25,10 +28,20 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|w| QMatMul::from_qtensor(QTensor::quantize(&w.dequantize(&Device::Cpu)?, fmt)?))
         .collect::<candle_core::Result<_>>()?;
-    for rows in [1usize, 2, 3, 4, 6, 8] {
+    let row_counts: Vec<usize> = match std::env::args().nth(2) {
+        Some(list) => list
+            .split(',')
+            .map(|r| r.trim().parse())
+            .collect::<Result<_, _>>()?,
+        None => vec![1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512],
+    };
+    let tile = fmt == GgmlDType::Q8_0 && qgemm::available();
+    for rows in row_counts {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
-        let mut best = [f64::MAX; 2];
-        for _ in 0..5 {
+        let mut best = [f64::MAX; 3];
+        // Fewer weights and repetitions where each product is long (compute-bound anyway).
+        let (layers, reps) = if rows >= 64 { (4, 2) } else { (layers, 5) };
+        for _ in 0..reps {
             let t = Instant::now();
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let qfmt = if fmt == GgmlDType::Q8_0 {
@@ -36,14 +49,24 @@ fn main() -> anyhow::Result<()> {
             } else {
                 QFormat::Q4K
             };
-            for w in &ws {
+            for w in &ws[..layers] {
                 let mut y = vec![0f32; rows * n];
                 qmatvec(qfmt, &w.data()?, n, k, &xs, rows, &mut y).map_err(anyhow::Error::msg)?;
                 std::hint::black_box(y);
             }
             best[0] = best[0].min(t.elapsed().as_secs_f64() / layers as f64);
+            if tile {
+                let t = Instant::now();
+                for w in &ws[..layers] {
+                    let mut y = vec![0f32; rows * n];
+                    qgemm::q8_0_gemm(&w.data()?, n, k, &xs, rows, &mut y)
+                        .map_err(anyhow::Error::msg)?;
+                    std::hint::black_box(y);
+                }
+                best[2] = best[2].min(t.elapsed().as_secs_f64() / layers as f64);
+            }
             let t = Instant::now();
-            for q in &qms {
+            for q in &qms[..layers] {
                 std::hint::black_box(q.forward(&x)?);
             }
             best[1] = best[1].min(t.elapsed().as_secs_f64() / layers as f64);
@@ -55,12 +78,23 @@ fn main() -> anyhow::Result<()> {
                 144.0 / 256.0
             }
             / 1e9;
+        let gmac = (n * k * rows) as f64 / 1e9;
+        let tile_col = if tile {
+            format!(
+                "  tile {:8.3} ms ({:5.1} GMAC/s)",
+                best[2] * 1e3,
+                gmac / best[2]
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{fmt:?} rows {rows:2}: pixlm {:7.3} ms ({:5.1} GB/s)  candle {:7.3} ms ({:5.1} GB/s)",
+            "{fmt:?} rows {rows:3}: pixlm {:8.3} ms ({:5.1} GB/s){tile_col}  candle {:8.3} ms ({:5.1} GB/s, {:5.1} GMAC/s)",
             best[0] * 1e3,
             gb / best[0],
             best[1] * 1e3,
-            gb / best[1]
+            gb / best[1],
+            gmac / best[1]
         );
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 pub mod attn;
 pub mod matvec;
+pub mod qgemm;
 pub mod qmatvec;
 
 use crate::error::Result;
@@ -80,6 +81,12 @@ pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     }
 }
 
+/// Fewest rows of `x` for which [`quantized_matmul_t`] sends a Q8_0 product to the tile
+/// kernel ([`qgemm::q8_0_gemm`]) rather than the row kernel, on CPUs where candle has no VNNI
+/// tiles (there candle's are faster: the tile kernel here is AVX2 only). Measured with
+/// `qmm_rows` built for Zen 3 (see BENCHMARKS.md, "An int8 tile kernel for AVX2").
+pub const Q8_0_TILE_MIN_ROWS: usize = 8;
+
 /// Whether candle multiplies Q8_0 weights with its VNNI tiles on this CPU (its own test:
 /// AVX-512 VNNI or AVX-VNNI, unless `MISTRALRS_FORCE_AVX2=1`).
 fn candle_q8_0_uses_vnni() -> bool {
@@ -98,9 +105,10 @@ fn candle_q8_0_uses_vnni() -> bool {
     })
 }
 
-/// `x · wᵀ` for a Q8_0 or Q4_K `w` by [`qmatvec::qmatvec`], under the same conditions as
-/// [`dense_matmul_t`] (CPU, no gradient) and at most [`quantized_max_rows`] rows; `None`
-/// otherwise.
+/// `x · wᵀ` for a Q8_0 or Q4_K `w`, under the same conditions as [`dense_matmul_t`] (CPU, no
+/// gradient): by [`qmatvec::qmatvec`] for at most [`quantized_max_rows`] rows, and for Q8_0
+/// from [`Q8_0_TILE_MIN_ROWS`] rows on by [`qgemm::q8_0_gemm`] where candle has no VNNI tiles;
+/// `None` otherwise, for candle.
 pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     let fmt = match w.dtype() {
         GgmlDType::Q8_0 => qmatvec::QFormat::Q8_0,
@@ -118,13 +126,21 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = x.elem_count() / k;
-    if rows == 0 || rows > quantized_max_rows(fmt) {
+    let tile = fmt == qmatvec::QFormat::Q8_0
+        && rows >= Q8_0_TILE_MIN_ROWS
+        && !candle_q8_0_uses_vnni()
+        && qgemm::available();
+    if rows == 0 || (rows > quantized_max_rows(fmt) && !tile) {
         return Ok(None);
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut y = vec![0f32; rows * n];
     let bytes = w.data()?;
-    qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    if tile {
+        qgemm::q8_0_gemm(&bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    } else {
+        qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    }
     let mut shape = dims.to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;

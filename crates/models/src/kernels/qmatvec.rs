@@ -57,28 +57,32 @@ pub struct QuantizedRow {
 pub fn quantize_row(x: &[f32], block: usize) -> QuantizedRow {
     let nb = x.len() / block;
     let mut d = Vec::with_capacity(nb);
-    let mut q = Vec::with_capacity(x.len());
+    let mut q = vec![0i8; nb * block];
     let mut sums = Vec::with_capacity(x.len() / 16);
-    for blk in x.chunks_exact(block) {
-        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        // GGML's Q8_0 block (the type llama.cpp and candle quantize x to for Q8_0 weights)
-        // stores its scale as f16, Q8_K as f32: keep the same numbers they do.
-        d.push(if block == Q8_0_BLOCK {
-            f16::from_f32(scale).to_f32()
-        } else {
-            scale
-        });
-        for v in blk {
-            q.push((v * inv).round().clamp(-127.0, 127.0) as i8);
-        }
-        let start = q.len() - block;
-        for g in q[start..].chunks_exact(16) {
+    for (blk, qb) in x.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+        d.push(quantize_block(blk, qb));
+        for g in qb.chunks_exact(16) {
             sums.push(g.iter().map(|&v| v as i32).sum());
         }
     }
     QuantizedRow { d, q, sums }
+}
+
+/// One block of [`quantize_row`]: its values into `q` (same length), its scale returned.
+pub fn quantize_block(blk: &[f32], q: &mut [i8]) -> f32 {
+    let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (o, v) in q.iter_mut().zip(blk) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    // GGML's Q8_0 block (the type llama.cpp and candle quantize x to for Q8_0 weights) stores
+    // its scale as f16, Q8_K as f32: keep the same numbers they do.
+    if blk.len() == Q8_0_BLOCK {
+        f16::from_f32(scale).to_f32()
+    } else {
+        scale
+    }
 }
 
 /// Q4_K's packed 6-bit scale and min of sub-block `j` (0..8).

@@ -1,0 +1,500 @@
+//! Q8_0 weights times many rows of `x` (prompt prefill, a decode step of many sequences): the
+//! int8 tile kernel issue #7 asks for, for AVX2 CPUs without VNNI, where candle 0.11.1 has
+//! only its generic one-dot-at-a-time Q8_0 path.
+//!
+//! [`super::qmatvec`] meets each weight row with each x row block by block and sums the 8
+//! lanes of every block product in f32 (8 vector operations per 32 multiply-adds, scale
+//! handling included). Here eight weight rows are *packed* (interleaved) per call into a small
+//! buffer that stays in L1/L2: for each block of 32 and each 4-byte step `s` within it, one
+//! 32-byte vector holds bytes `4s..4s+4` of all eight rows. A broadcast of x's matching four
+//! bytes then gives, after `maddubs` and `madd`, the eight rows' partial sums in the eight
+//! lanes, so no lane ever needs a horizontal sum: per 32 multiply-adds of one x row it costs a
+//! sign, a `maddubs`, a `madd` and an integer add, and the block's eight integer sums are
+//! scaled to f32 once (`x`'s scale times the eight weight scales, one vector). Four x rows
+//! share each loaded weight vector.
+//!
+//! Packing touches each weight byte once per call, which the rows amortize; for a few rows
+//! (decode) [`super::qmatvec`] streams the weights straight from memory and is the faster one.
+//! Every output is summed in one fixed order (blocks in turn, each block's exact integer sum
+//! scaled and accumulated), whatever the thread count and however many rows share the call.
+
+use super::matvec::SharedOut;
+use super::qmatvec::{quantize_block, Q8_0_BLOCK, Q8_0_BYTES};
+use half::f16;
+
+/// Weight rows interleaved per packed panel (one f32 lane each).
+pub const PANEL: usize = 8;
+/// Bytes of one packed block: 32 quantized values of each of the eight rows.
+const PACKED_BLOCK: usize = PANEL * Q8_0_BLOCK;
+
+/// Whether this CPU runs [`q8_0_gemm`] (x86-64 with AVX2, FMA and F16C).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` (`rows × k`) quantized to Q8_0 blocks, all rows in one buffer: `q[r·k + j]`, and the
+/// scale of block `b` of row `r` at `d[r·(k/32) + b]`. The same numbers as
+/// [`super::qmatvec::quantize_row`] gives each row.
+struct QuantizedRows {
+    q: Vec<i8>,
+    d: Vec<f32>,
+}
+
+fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+    let nb = k / Q8_0_BLOCK;
+    let rows = x.len() / k;
+    let mut q = vec![0i8; x.len()];
+    let mut d = vec![0f32; rows * nb];
+    for ((xb, qb), db) in x
+        .chunks_exact(Q8_0_BLOCK)
+        .zip(q.chunks_exact_mut(Q8_0_BLOCK))
+        .zip(d.iter_mut())
+    {
+        *db = quantize_block(xb, qb);
+    }
+    QuantizedRows { q, d }
+}
+
+/// Eight weight rows from `o0` (fewer at the end of the matrix: the missing ones are zeros)
+/// interleaved as the module comment describes: `scales[b·8 + i]` the scale of row `o0 + i`'s
+/// block `b`, and `quants[b·256 + s·32 + i·4 + t] = q[o0 + i][b·32 + 4s + t]`.
+fn pack_panel(
+    w: &[u8],
+    row_bytes: usize,
+    o0: usize,
+    m: usize,
+    scales: &mut [f32],
+    quants: &mut [u8],
+) {
+    let nb = row_bytes / Q8_0_BYTES;
+    for i in 0..PANEL {
+        if i >= m {
+            for b in 0..nb {
+                scales[b * PANEL + i] = 0.0;
+                for s in 0..PANEL {
+                    quants[b * PACKED_BLOCK + s * 32 + i * 4..][..4].fill(0);
+                }
+            }
+            continue;
+        }
+        let row = &w[(o0 + i) * row_bytes..(o0 + i + 1) * row_bytes];
+        for (b, blk) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            scales[b * PANEL + i] = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            let packed = &mut quants[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
+            for (s, four) in blk[2..].chunks_exact(4).enumerate() {
+                packed[s * 32 + i * 4..s * 32 + i * 4 + 4].copy_from_slice(four);
+            }
+        }
+    }
+}
+
+/// `y[r·n + o] = Σ_j x[r·k + j] · w[o, j]` for Q8_0 weights `w` (`n` rows of `k / 32` GGUF
+/// blocks). `k` must be a multiple of 32; sizes that disagree, or a CPU without AVX2 (see
+/// [`available`]), are refused.
+pub fn q8_0_gemm(
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    if !k.is_multiple_of(Q8_0_BLOCK)
+        || w.len() != n * (k / Q8_0_BLOCK) * Q8_0_BYTES
+        || x.len() != rows * k
+        || y.len() != rows * n
+    {
+        return Err(format!(
+            "q8_0_gemm sizes: weight {} bytes for ({n}, {k}), x {} for {rows} rows, y {}",
+            w.len(),
+            x.len(),
+            y.len()
+        ));
+    }
+    if !available() {
+        return Err("q8_0_gemm needs AVX2, FMA and F16C".into());
+    }
+    if n == 0 || rows == 0 || k == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    let nb = k / Q8_0_BLOCK;
+    let row_bytes = nb * Q8_0_BYTES;
+    let xq = quantize_rows(x, k);
+    let out = SharedOut(y.as_mut_ptr());
+    let body = |range: std::ops::Range<usize>| {
+        let mut scales = vec![0f32; nb * PANEL];
+        let mut quants = vec![0u8; nb * PACKED_BLOCK];
+        for p in range {
+            let o0 = p * PANEL;
+            let m = (n - o0).min(PANEL);
+            #[cfg(target_arch = "x86_64")]
+            if m == PANEL {
+                avx2::pack_full_panel(w, row_bytes, o0, &mut scales, &mut quants);
+            } else {
+                pack_panel(w, row_bytes, o0, m, &mut scales, &mut quants);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            pack_panel(w, row_bytes, o0, m, &mut scales, &mut quants);
+            let mut r0 = 0;
+            while r0 < rows {
+                let t = (rows - r0).min(4);
+                let mut tile = [[0f32; PANEL]; 4];
+                #[cfg(target_arch = "x86_64")]
+                avx2::tile(&scales, &quants, &xq, k, r0, t, &mut tile);
+                for (j, vals) in tile.iter().take(t).enumerate() {
+                    for (i, v) in vals.iter().take(m).enumerate() {
+                        // SAFETY: row r0 + j < rows and output o0 + i < n index inside `y`
+                        // (length rows·n, checked above); panel p alone writes outputs
+                        // o0..o0+m and each panel goes to one thread, so writes never alias.
+                        unsafe { *out.ptr().add((r0 + j) * n + o0 + i) = *v };
+                    }
+                }
+                r0 += t;
+            }
+        }
+    };
+    let panels = n.div_ceil(PANEL);
+    if (n * k).saturating_mul(rows) < 1 << 18 {
+        body(0..panels);
+    } else {
+        super::parallel_for(panels, body);
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// [`pack_panel`] for eight whole rows: per block, the eight rows' 32 bytes are an 8 × 8
+    /// matrix of 4-byte groups, transposed in registers.
+    pub fn pack_full_panel(
+        w: &[u8],
+        row_bytes: usize,
+        o0: usize,
+        scales: &mut [f32],
+        quants: &mut [u8],
+    ) {
+        let nb = row_bytes / Q8_0_BYTES;
+        assert!(
+            w.len() >= (o0 + PANEL) * row_bytes
+                && scales.len() >= nb * PANEL
+                && quants.len() >= nb * PACKED_BLOCK,
+            "q8_0 panel out of bounds"
+        );
+        for i in 0..PANEL {
+            let row = &w[(o0 + i) * row_bytes..(o0 + i + 1) * row_bytes];
+            for (b, blk) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+                scales[b * PANEL + i] =
+                    f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            }
+        }
+        // SAFETY: only called after `available()` found avx2; the assert keeps the eight
+        // rows' `nb` blocks (read at `+2 .. +34` of each) and the `nb` packed blocks written
+        // in bounds.
+        unsafe {
+            transpose_blocks(
+                w.as_ptr().add(o0 * row_bytes),
+                row_bytes,
+                nb,
+                quants.as_mut_ptr(),
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn transpose_blocks(w: *const u8, row_bytes: usize, nb: usize, out: *mut u8) {
+        for b in 0..nb {
+            let r: [__m256i; 8] = std::array::from_fn(|i| {
+                _mm256_loadu_si256(w.add(i * row_bytes + b * Q8_0_BYTES + 2).cast())
+            });
+            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+            // u[s] holds group s (low lane) and s + 4 (high lane) of rows 0-3, v[s] of rows 4-7.
+            let u = [
+                _mm256_unpacklo_epi64(t0, t2),
+                _mm256_unpackhi_epi64(t0, t2),
+                _mm256_unpacklo_epi64(t1, t3),
+                _mm256_unpackhi_epi64(t1, t3),
+            ];
+            let v = [
+                _mm256_unpacklo_epi64(t4, t6),
+                _mm256_unpackhi_epi64(t4, t6),
+                _mm256_unpacklo_epi64(t5, t7),
+                _mm256_unpackhi_epi64(t5, t7),
+            ];
+            let o = out.add(b * PACKED_BLOCK);
+            for s in 0..4 {
+                let lo = _mm256_permute2x128_si256::<0x20>(u[s], v[s]);
+                let hi = _mm256_permute2x128_si256::<0x31>(u[s], v[s]);
+                _mm256_storeu_si256(o.add(s * 32).cast(), lo);
+                _mm256_storeu_si256(o.add((s + 4) * 32).cast(), hi);
+            }
+        }
+    }
+
+    /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel: `out[j][i]` is row `r0 + j`
+    /// times panel row `i`.
+    pub fn tile(
+        scales: &[f32],
+        quants: &[u8],
+        xq: &QuantizedRows,
+        k: usize,
+        r0: usize,
+        t: usize,
+        out: &mut [[f32; PANEL]; 4],
+    ) {
+        let nb = k / Q8_0_BLOCK;
+        assert!(
+            (1..=4).contains(&t)
+                && scales.len() >= nb * PANEL
+                && quants.len() >= nb * PACKED_BLOCK
+                && xq.q.len() >= (r0 + t) * k
+                && xq.d.len() >= (r0 + t) * nb,
+            "q8_0 tile out of bounds"
+        );
+        let xs: [*const i8; 4] = std::array::from_fn(|j| xq.q[(r0 + j.min(t - 1)) * k..].as_ptr());
+        let xd: [*const f32; 4] =
+            std::array::from_fn(|j| xq.d[(r0 + j.min(t - 1)) * nb..].as_ptr());
+        // SAFETY: `q8_0_gemm` calls this only after `available()` found avx2, fma and f16c;
+        // the assert keeps the `nb` packed blocks and the `nb` blocks of each of the `t` x
+        // rows read in bounds (rows past `t` repeat the last one and are not stored).
+        unsafe {
+            match t {
+                1 => tile_n::<1>(scales.as_ptr(), quants.as_ptr(), nb, xs, xd, out),
+                2 => tile_n::<2>(scales.as_ptr(), quants.as_ptr(), nb, xs, xd, out),
+                3 => tile_n::<3>(scales.as_ptr(), quants.as_ptr(), nb, xs, xd, out),
+                _ => tile_n::<4>(scales.as_ptr(), quants.as_ptr(), nb, xs, xd, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_n<const R: usize>(
+        scales: *const f32,
+        quants: *const u8,
+        nb: usize,
+        xs: [*const i8; 4],
+        xd: [*const f32; 4],
+        out: &mut [[f32; PANEL]; 4],
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            // Two integer sums per row (even and odd steps), added at the block's end: where
+            // the compiler fuses `madd` and the add into one `vpdpwssd` (AVX-512 VNNI CPUs),
+            // a single chain of eight would wait on that instruction's latency.
+            let mut isum = [[_mm256_setzero_si256(); 2]; R];
+            let qb = quants.add(b * PACKED_BLOCK);
+            for s in 0..PANEL {
+                let wv = _mm256_loadu_si256(qb.add(s * 32).cast());
+                // |w| as unsigned bytes (-128 becomes 128, still right), w's sign moved onto
+                // x, whose Q8_0 values are within ±127: each pair sum fits an i16.
+                let aw = _mm256_sign_epi8(wv, wv);
+                for r in 0..R {
+                    let x4 = xs[r]
+                        .add(b * Q8_0_BLOCK + s * 4)
+                        .cast::<i32>()
+                        .read_unaligned();
+                    let xv = _mm256_set1_epi32(x4);
+                    let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
+                    isum[r][s % 2] = _mm256_add_epi32(isum[r][s % 2], _mm256_madd_epi16(p16, ones));
+                }
+            }
+            let dw = _mm256_loadu_ps(scales.add(b * PANEL));
+            for r in 0..R {
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[r].add(b)));
+                let i = _mm256_add_epi32(isum[r][0], isum[r][1]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, acc[r]);
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::qmatvec::quantize_row;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    /// Q8_0 bytes of a random (n, k) matrix and its dequantized values.
+    fn weights(seed: u64, n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        (
+            q.data().unwrap().into_owned(),
+            deq.flatten_all().unwrap().to_vec1().unwrap(),
+        )
+    }
+
+    /// The scalar reference: in f64, the dequantized weights times x quantized to Q8_0 rows.
+    fn reference(deq: &[f32], n: usize, k: usize, x: &[f32], rows: usize) -> Vec<f64> {
+        let mut y = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            let xq = quantize_row(&x[r * k..(r + 1) * k], Q8_0_BLOCK);
+            for o in 0..n {
+                y.push(
+                    (0..k)
+                        .map(|j| {
+                            deq[o * k + j] as f64 * xq.q[j] as f64 * xq.d[j / Q8_0_BLOCK] as f64
+                        })
+                        .sum(),
+                );
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_the_scalar_reference_on_odd_shapes() {
+        if !available() {
+            return;
+        }
+        // Panels cut short (n not a multiple of 8), row tiles cut short (rows not a multiple
+        // of 4), one block and many, and a size large enough to go to the thread pool.
+        for &(n, blocks, rows) in &[
+            (1, 1, 1),
+            (7, 2, 3),
+            (8, 1, 4),
+            (9, 3, 5),
+            (37, 5, 13),
+            (130, 4, 9),
+            (300, 24, 33),
+        ] {
+            let k = blocks * Q8_0_BLOCK;
+            let (w, deq) = weights(n as u64 * 7 + 1, n, k);
+            let x = crate::seeded_randn(rows as u64 + 11, 1.0, &[rows, k])
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let want = reference(&deq, n, k, &x, rows);
+            let mut y = vec![f32::NAN; rows * n];
+            q8_0_gemm(&w, n, k, &x, rows, &mut y).unwrap();
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
+            for (i, (got, want)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (*got as f64 - want).abs() < 1e-5 * scale,
+                    "n={n} k={k} rows={rows} [{i}]: {got} vs {want}"
+                );
+            }
+            // The row kernel of qmatvec computes the same products (in another f32 order).
+            let mut y2 = vec![f32::NAN; rows * n];
+            crate::kernels::qmatvec::qmatvec(
+                crate::kernels::qmatvec::QFormat::Q8_0,
+                &w,
+                n,
+                k,
+                &x,
+                rows,
+                &mut y2,
+            )
+            .unwrap();
+            for (a, b) in y.iter().zip(&y2) {
+                assert!(((a - b) as f64).abs() < 1e-5 * scale, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_whatever_shares_its_call() {
+        if !available() {
+            return;
+        }
+        // Each output is summed in one order, so neither the other rows of the call nor the
+        // thread count changes it.
+        let (n, k, rows) = (70, 256, 11);
+        let (w, _) = weights(3, n, k);
+        let x = crate::seeded_randn(4, 1.0, &[rows, k])
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut all = vec![0f32; rows * n];
+        q8_0_gemm(&w, n, k, &x, rows, &mut all).unwrap();
+        for r in 0..rows {
+            let mut one = vec![0f32; n];
+            q8_0_gemm(&w, n, k, &x[r * k..(r + 1) * k], 1, &mut one).unwrap();
+            assert_eq!(&all[r * n..(r + 1) * n], &one[..], "row {r}");
+        }
+    }
+
+    #[test]
+    fn weights_of_minus_128_are_multiplied_right() {
+        if !available() {
+            return;
+        }
+        // Q8_0 files from other tools may hold -128, which the sign trick must not flip.
+        let k = 32;
+        let mut w = Vec::new();
+        for o in 0..3 {
+            w.extend_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+            w.extend((0..k).map(|j| if (j + o) % 2 == 0 { 0x80u8 } else { 127u8 }));
+        }
+        let x: Vec<f32> = (0..k)
+            .map(|j| if j % 3 == 0 { -1.0 } else { 0.5 })
+            .collect();
+        let mut y = vec![0f32; 3];
+        q8_0_gemm(&w, 3, k, &x, 1, &mut y).unwrap();
+        let xq = quantize_row(&x, Q8_0_BLOCK);
+        for (o, got) in y.iter().enumerate() {
+            let want: f64 = (0..k)
+                .map(|j| {
+                    let q = if (j + o) % 2 == 0 { -128.0 } else { 127.0 };
+                    0.5 * q * xq.q[j] as f64 * xq.d[0] as f64
+                })
+                .sum();
+            assert!((*got as f64 - want).abs() < 1e-3, "{o}: {got} vs {want}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_register_transpose_packs_like_the_scalar_code() {
+        if !available() {
+            return;
+        }
+        let (n, k) = (19, 96);
+        let (w, _) = weights(8, n, k);
+        let nb = k / Q8_0_BLOCK;
+        let row_bytes = nb * Q8_0_BYTES;
+        for o0 in [0, 3, 11] {
+            let mut a = (vec![0f32; nb * PANEL], vec![0u8; nb * PACKED_BLOCK]);
+            let mut b = (vec![1f32; nb * PANEL], vec![1u8; nb * PACKED_BLOCK]);
+            pack_panel(&w, row_bytes, o0, PANEL, &mut a.0, &mut a.1);
+            avx2::pack_full_panel(&w, row_bytes, o0, &mut b.0, &mut b.1);
+            assert_eq!(a, b, "panel from row {o0}");
+        }
+    }
+
+    #[test]
+    fn refuses_sizes_that_disagree() {
+        let w = vec![0u8; 2 * Q8_0_BYTES];
+        let mut y = vec![0f32; 2];
+        assert!(q8_0_gemm(&w, 2, 33, &[0.0; 33], 1, &mut y).is_err());
+        assert!(q8_0_gemm(&w, 3, 32, &[0.0; 32], 1, &mut y).is_err());
+        assert!(q8_0_gemm(&w, 2, 32, &[0.0; 64], 1, &mut y).is_err());
+    }
+}
