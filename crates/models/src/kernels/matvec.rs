@@ -93,15 +93,16 @@ pub fn matvec(
     Ok(())
 }
 
-/// `y`'s base pointer, shared by the threads that write disjoint parts of it.
-pub(crate) struct SharedOut(pub(crate) *mut f32);
-// SAFETY: the pointer is only written through at indices owned by one thread each (see
-// `matvec`), and `y` outlives the parallel loop that uses it.
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
+/// An output buffer's base pointer, shared by the threads that write disjoint parts of it.
+pub(crate) struct SharedOut<T = f32>(pub(crate) *mut T);
+// SAFETY: every user writes through the pointer only at indices owned by one thread each
+// (see `matvec`, `qmatvec`, `attn`, `qgemm`), and the buffer outlives the parallel loop that
+// uses it; `T` is a plain number type in all of them.
+unsafe impl<T> Sync for SharedOut<T> {}
+unsafe impl<T> Send for SharedOut<T> {}
 
-impl SharedOut {
-    pub(crate) fn ptr(&self) -> *mut f32 {
+impl<T> SharedOut<T> {
+    pub(crate) fn ptr(&self) -> *mut T {
         self.0
     }
 }

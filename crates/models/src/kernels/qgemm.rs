@@ -51,16 +51,29 @@ struct QuantizedRows {
 
 fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     let nb = k / Q8_0_BLOCK;
-    let rows = x.len() / k;
+    let blocks = x.len() / Q8_0_BLOCK;
     let mut q = vec![0i8; x.len()];
-    let mut d = vec![0f32; rows * nb];
-    for ((xb, qb), db) in x
-        .chunks_exact(Q8_0_BLOCK)
-        .zip(q.chunks_exact_mut(Q8_0_BLOCK))
-        .zip(d.iter_mut())
-    {
-        *db = quantize_block(xb, qb);
+    let mut d = vec![0f32; blocks];
+    let (qp, dp) = (SharedOut(q.as_mut_ptr()), SharedOut(d.as_mut_ptr()));
+    let body = |range: std::ops::Range<usize>| {
+        for blk in range {
+            let xb = &x[blk * Q8_0_BLOCK..(blk + 1) * Q8_0_BLOCK];
+            // SAFETY: block `blk` < blocks indexes inside `q` (blocks·32 values) and `d`
+            // (blocks scales); each block is in one range and each range goes to one thread,
+            // so no two threads touch the same elements, and both buffers outlive the loop.
+            let qb = unsafe {
+                std::slice::from_raw_parts_mut(qp.ptr().add(blk * Q8_0_BLOCK), Q8_0_BLOCK)
+            };
+            unsafe { *dp.ptr().add(blk) = quantize_block(xb, qb) };
+        }
+    };
+    // A prompt's rows are quantized by all threads (one thread would leave the others idle).
+    if x.len() < 1 << 15 {
+        body(0..blocks);
+    } else {
+        super::parallel_for(blocks, body);
     }
+    debug_assert_eq!(d.len(), (x.len() / k.max(1)) * nb);
     QuantizedRows { q, d }
 }
 
@@ -373,7 +386,7 @@ mod tests {
             return;
         }
         // Panels cut short (n not a multiple of 8), row tiles cut short (rows not a multiple
-        // of 4), one block and many, and a size large enough to go to the thread pool.
+        // of 4), one block and many, and sizes large enough to go to the thread pool.
         for &(n, blocks, rows) in &[
             (1, 1, 1),
             (7, 2, 3),
@@ -382,6 +395,7 @@ mod tests {
             (37, 5, 13),
             (130, 4, 9),
             (300, 24, 33),
+            (70, 32, 40), // x large enough to be quantized by the thread pool
         ] {
             let k = blocks * Q8_0_BLOCK;
             let (w, deq) = weights(n as u64 * 7 + 1, n, k);
