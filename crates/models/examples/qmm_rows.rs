@@ -1,7 +1,7 @@
 //! Times x·wᵀ for a quantized weight at 1 to 512 rows: pixlm's row kernel
 //! (`kernels::qmatvec`), for Q8_0 its tile kernel (`kernels::qgemm`), both called directly
 //! whatever `kernels::quantized_matmul_t` would choose, against candle's QMatMul. The figures
-//! behind `kernels::quantized_max_rows` and `kernels::Q8_0_TILE_MIN_ROWS`:
+//! behind `kernels::quantized_max_rows` and `kernels::q8_0_tile_min_rows`:
 //! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`; a third
 //! argument, e.g. `1,8,512`, picks the row counts).
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};

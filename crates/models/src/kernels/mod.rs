@@ -64,28 +64,40 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     ))
 }
 
-/// Most rows of `x` [`quantized_matmul_t`] takes for `fmt`. The kernel streams the weights
-/// once, but its integer work grows with every row; candle's repacked tile kernels (Q4_K on
-/// every AVX2 CPU, Q8_0 only where VNNI is, as candle decides) do more of it per loaded
-/// tile. Measured with `cargo run --release -p pixlm-models --example qmm_rows` (a
-/// 6144 × 2048 weight, milliseconds, pixlm / candle): on a VNNI CPU, Q8_0 at 3 rows 0.86 /
-/// 1.02, 4 rows 1.14 / 1.17, 6 rows 1.82 / 1.47, 8 rows 2.18 / 1.20; Q4_K at 2 rows 0.61 /
-/// 0.68, 3 rows 0.97 / 0.74. With VNNI unavailable (or `MISTRALRS_FORCE_AVX2=1`, which
-/// candle obeys) candle's generic Q8_0 path is behind at every row count up to 8 (8 rows:
-/// 5.2 / 2.3).
+/// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for
+/// `fmt`. That kernel streams the weights once, but its integer work grows with every row;
+/// tile kernels do more of it per loaded weight (pixlm's [`qgemm`] for Q8_0, candle's
+/// repacked tiles for Q4_K on every AVX2 CPU). Measured with `cargo run --release -p
+/// pixlm-models --example qmm_rows` (a 6144 × 2048 weight, milliseconds, row kernel / tile):
+/// on an AVX-512 VNNI CPU, Q8_0 at 4 rows 0.77 / 0.86 (pixlm's VNNI tile), 6 rows 1.36 /
+/// 0.99; Q4_K at 2 rows 0.61 / 0.68, 3 rows 0.97 / 0.74 (candle's). Without VNNI see
+/// [`q8_0_tile_min_rows`].
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     match fmt {
         qmatvec::QFormat::Q4K if cfg!(target_arch = "x86_64") => 2,
-        qmatvec::QFormat::Q8_0 if candle_q8_0_uses_vnni() => 4,
+        qmatvec::QFormat::Q8_0 if qgemm::vnni() || candle_q8_0_uses_vnni() => 4,
         _ => matvec::MAX_ROWS,
     }
 }
 
-/// Fewest rows of `x` for which [`quantized_matmul_t`] sends a Q8_0 product to the tile
-/// kernel ([`qgemm::q8_0_gemm`]) rather than the row kernel, on CPUs where candle has no VNNI
-/// tiles (there candle's are faster: the tile kernel here is AVX2 only). Measured with
-/// `qmm_rows` built for Zen 3 (see BENCHMARKS.md, "An int8 tile kernel for AVX2").
-pub const Q8_0_TILE_MIN_ROWS: usize = 8;
+/// Fewest rows of `x` for which [`quantized_matmul_t`] sends a Q8_0 product to pixlm's tile
+/// kernel ([`qgemm::q8_0_gemm`]); `None` where it does not (no AVX2; or AVX-VNNI without
+/// AVX-512, where candle's VNNI tiles are the faster). Measured with `qmm_rows` (BENCHMARKS.md,
+/// "An int8 tile kernel"): with AVX-512 VNNI the tile is ahead of the row kernel from 5 rows
+/// and level with candle's tiles from 128 rows (10% behind at 8-32 rows: it packs its panels
+/// per call, where candle keeps a second, repacked copy of every weight); built for Zen 3
+/// (AVX2 only) it is ahead of the row kernel from 8 rows and 2.5-4.3x candle's generic path.
+pub fn q8_0_tile_min_rows() -> Option<usize> {
+    if !qgemm::available() {
+        None
+    } else if qgemm::vnni() {
+        Some(quantized_max_rows(qmatvec::QFormat::Q8_0) + 1)
+    } else if candle_q8_0_uses_vnni() {
+        None
+    } else {
+        Some(8)
+    }
+}
 
 /// Whether candle multiplies Q8_0 weights with its VNNI tiles on this CPU (its own test:
 /// AVX-512 VNNI or AVX-VNNI, unless `MISTRALRS_FORCE_AVX2=1`).
@@ -106,9 +118,8 @@ fn candle_q8_0_uses_vnni() -> bool {
 }
 
 /// `x · wᵀ` for a Q8_0 or Q4_K `w`, under the same conditions as [`dense_matmul_t`] (CPU, no
-/// gradient): by [`qmatvec::qmatvec`] for at most [`quantized_max_rows`] rows, and for Q8_0
-/// from [`Q8_0_TILE_MIN_ROWS`] rows on by [`qgemm::q8_0_gemm`] where candle has no VNNI tiles;
-/// `None` otherwise, for candle.
+/// gradient): for Q8_0 from [`q8_0_tile_min_rows`] rows on by [`qgemm::q8_0_gemm`], else for
+/// at most [`quantized_max_rows`] rows by [`qmatvec::qmatvec`]; `None` otherwise, for candle.
 pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     let fmt = match w.dtype() {
         GgmlDType::Q8_0 => qmatvec::QFormat::Q8_0,
@@ -126,10 +137,7 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = x.elem_count() / k;
-    let tile = fmt == qmatvec::QFormat::Q8_0
-        && rows >= Q8_0_TILE_MIN_ROWS
-        && !candle_q8_0_uses_vnni()
-        && qgemm::available();
+    let tile = fmt == qmatvec::QFormat::Q8_0 && q8_0_tile_min_rows().is_some_and(|m| rows >= m);
     if rows == 0 || (rows > quantized_max_rows(fmt) && !tile) {
         return Ok(None);
     }

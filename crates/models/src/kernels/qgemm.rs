@@ -1,22 +1,25 @@
 //! Q8_0 weights times many rows of `x` (prompt prefill, a decode step of many sequences): the
-//! int8 tile kernel issue #7 asks for, for AVX2 CPUs without VNNI, where candle 0.11.1 has
-//! only its generic one-dot-at-a-time Q8_0 path.
+//! int8 tile kernel issue #7 asks for. candle 0.11.1 has Q8_0 tiles only for VNNI CPUs, and
+//! keeps a second, repacked copy of every weight for them; elsewhere (AVX2 only, e.g. Zen 3)
+//! it has only its generic one-dot-at-a-time path.
 //!
 //! [`super::qmatvec`] meets each weight row with each x row block by block and sums the 8
 //! lanes of every block product in f32 (8 vector operations per 32 multiply-adds, scale
 //! handling included). Here eight weight rows are *packed* (interleaved) per call into a small
 //! buffer that stays in L1/L2: for each block of 32 and each 4-byte step `s` within it, one
 //! 32-byte vector holds bytes `4s..4s+4` of all eight rows. A broadcast of x's matching four
-//! bytes then gives, after `maddubs` and `madd`, the eight rows' partial sums in the eight
-//! lanes, so no lane ever needs a horizontal sum: per 32 multiply-adds of one x row it costs a
-//! sign, a `maddubs`, a `madd` and an integer add, and the block's eight integer sums are
-//! scaled to f32 once (`x`'s scale times the eight weight scales, one vector). Four x rows
-//! share each loaded weight vector.
+//! bytes then gives the eight rows' partial sums in the eight lanes, so no lane ever needs a
+//! horizontal sum: per 32 multiply-adds of one x row it costs, with AVX2, a sign, a `maddubs`,
+//! a `madd` and an integer add, and with AVX-512 VNNI one `vpdpbusd`; the block's eight
+//! integer sums are scaled to f32 once (`x`'s scale times the eight weight scales, one
+//! vector). Four x rows share each loaded weight vector. Both variants compute the same
+//! exact integers, so they give the same bits.
 //!
 //! Packing touches each weight byte once per call, which the rows amortize; for a few rows
 //! (decode) [`super::qmatvec`] streams the weights straight from memory and is the faster one.
-//! Every output is summed in one fixed order (blocks in turn, each block's exact integer sum
-//! scaled and accumulated), whatever the thread count and however many rows share the call.
+//! No packed copy outlives the call, so weights stay in memory once. Every output is summed
+//! in one fixed order (blocks in turn, each block's exact integer sum scaled and accumulated),
+//! whatever the thread count and however many rows share the call.
 
 use super::matvec::SharedOut;
 use super::qmatvec::{quantize_block, Q8_0_BLOCK, Q8_0_BYTES};
@@ -41,6 +44,29 @@ pub fn available() -> bool {
     }
 }
 
+/// Whether [`q8_0_gemm`] runs its VNNI variant here: AVX-512 VNNI with 256-bit vectors
+/// (`avx512vl`), as on Zen 4 and Intel servers since Ice Lake, unless
+/// `MISTRALRS_FORCE_AVX2=1`, the switch candle also obeys (to measure what an AVX2-only CPU
+/// gets). `vpdpbusd` multiplies four unsigned bytes by four signed ones and adds them into an
+/// i32 lane in one instruction, where AVX2 needs a sign, a `maddubs`, a `madd` and an add.
+pub fn vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            available()
+                && std::env::var("MISTRALRS_FORCE_AVX2").as_deref() != Ok("1")
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// `x` (`rows × k`) quantized to Q8_0 blocks, all rows in one buffer: `q[r·k + j]`, and the
 /// scale of block `b` of row `r` at `d[r·(k/32) + b]`. The same numbers as
 /// [`super::qmatvec::quantize_row`] gives each row.
@@ -49,7 +75,9 @@ struct QuantizedRows {
     d: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+/// With `offset`, each value is stored as the unsigned byte `q + 128` (its bits: `q ^ 0x80`),
+/// what the VNNI kernel's unsigned operand wants.
+fn quantize_rows(x: &[f32], k: usize, offset: bool) -> QuantizedRows {
     let nb = k / Q8_0_BLOCK;
     let blocks = x.len() / Q8_0_BLOCK;
     let mut q = vec![0i8; x.len()];
@@ -65,6 +93,11 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
                 std::slice::from_raw_parts_mut(qp.ptr().add(blk * Q8_0_BLOCK), Q8_0_BLOCK)
             };
             unsafe { *dp.ptr().add(blk) = quantize_block(xb, qb) };
+            if offset {
+                for v in qb.iter_mut() {
+                    *v = (*v as u8 ^ 0x80) as i8;
+                }
+            }
         }
     };
     // A prompt's rows are quantized by all threads (one thread would leave the others idle).
@@ -75,6 +108,15 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     }
     debug_assert_eq!(d.len(), (x.len() / k.max(1)) * nb);
     QuantizedRows { q, d }
+}
+
+/// One packed panel: [`pack_panel`]'s scales and quants, and for the VNNI kernel the rows'
+/// sums per block.
+#[derive(Clone, Copy)]
+struct Panel<'a> {
+    scales: &'a [f32],
+    quants: &'a [u8],
+    wsums: Option<&'a [i32]>,
 }
 
 /// Eight weight rows from `o0` (fewer at the end of the matrix: the missing ones are zeros)
@@ -140,13 +182,22 @@ pub fn q8_0_gemm(
         y.fill(0.0);
         return Ok(());
     }
+    gemm(w, n, k, x, rows, y, vnni());
+    Ok(())
+}
+
+/// [`q8_0_gemm`] past its checks, by the VNNI kernel or the AVX2 one (tests run both).
+fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnni: bool) {
     let nb = k / Q8_0_BLOCK;
     let row_bytes = nb * Q8_0_BYTES;
-    let xq = quantize_rows(x, k);
+    let xq = quantize_rows(x, k, vnni);
     let out = SharedOut(y.as_mut_ptr());
     let body = |range: std::ops::Range<usize>| {
         let mut scales = vec![0f32; nb * PANEL];
         let mut quants = vec![0u8; nb * PACKED_BLOCK];
+        // The VNNI kernel multiplies `q + 128` by w and takes 128 · Σw back off: the panel
+        // rows' sums per block.
+        let mut wsums = vec![0i32; if vnni { nb * PANEL } else { 0 }];
         for p in range {
             let o0 = p * PANEL;
             let m = (n - o0).min(PANEL);
@@ -158,12 +209,21 @@ pub fn q8_0_gemm(
             }
             #[cfg(not(target_arch = "x86_64"))]
             pack_panel(w, row_bytes, o0, m, &mut scales, &mut quants);
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                avx2::panel_sums(&quants, &mut wsums);
+            }
+            let panel = Panel {
+                scales: &scales,
+                quants: &quants,
+                wsums: vnni.then_some(&wsums[..]),
+            };
             let mut r0 = 0;
             while r0 < rows {
                 let t = (rows - r0).min(4);
                 let mut tile = [[0f32; PANEL]; 4];
                 #[cfg(target_arch = "x86_64")]
-                avx2::tile(&scales, &quants, &xq, k, r0, t, &mut tile);
+                avx2::tile(&panel, &xq, k, r0, t, &mut tile);
                 for (j, vals) in tile.iter().take(t).enumerate() {
                     for (i, v) in vals.iter().take(m).enumerate() {
                         // SAFETY: row r0 + j < rows and output o0 + i < n index inside `y`
@@ -182,7 +242,6 @@ pub fn q8_0_gemm(
     } else {
         super::parallel_for(panels, body);
     }
-    Ok(())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -266,14 +325,18 @@ mod avx2 {
     /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel: `out[j][i]` is row `r0 + j`
     /// times panel row `i`.
     pub fn tile(
-        scales: &[f32],
-        quants: &[u8],
+        panel: &Panel,
         xq: &QuantizedRows,
         k: usize,
         r0: usize,
         t: usize,
         out: &mut [[f32; PANEL]; 4],
     ) {
+        let Panel {
+            scales,
+            quants,
+            wsums,
+        } = *panel;
         let nb = k / Q8_0_BLOCK;
         assert!(
             (1..=4).contains(&t)
@@ -286,6 +349,21 @@ mod avx2 {
         let xs: [*const i8; 4] = std::array::from_fn(|j| xq.q[(r0 + j.min(t - 1)) * k..].as_ptr());
         let xd: [*const f32; 4] =
             std::array::from_fn(|j| xq.d[(r0 + j.min(t - 1)) * nb..].as_ptr());
+        if let Some(ws) = wsums {
+            assert!(ws.len() >= nb * PANEL && vnni(), "q8_0 VNNI tile");
+            let ws = ws.as_ptr();
+            // SAFETY: as below, and `vnni()` found avx512f, avx512vl and avx512vnni; `ws`
+            // holds the `nb` blocks' eight sums (asserted).
+            unsafe {
+                match t {
+                    1 => vnni_tile_n::<1>(scales.as_ptr(), quants.as_ptr(), ws, nb, xs, xd, out),
+                    2 => vnni_tile_n::<2>(scales.as_ptr(), quants.as_ptr(), ws, nb, xs, xd, out),
+                    3 => vnni_tile_n::<3>(scales.as_ptr(), quants.as_ptr(), ws, nb, xs, xd, out),
+                    _ => vnni_tile_n::<4>(scales.as_ptr(), quants.as_ptr(), ws, nb, xs, xd, out),
+                }
+            }
+            return;
+        }
         // SAFETY: `q8_0_gemm` calls this only after `available()` found avx2, fma and f16c;
         // the assert keeps the `nb` packed blocks and the `nb` blocks of each of the `t` x
         // rows read in bounds (rows past `t` repeat the last one and are not stored).
@@ -335,6 +413,74 @@ mod avx2 {
             for r in 0..R {
                 let d = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[r].add(b)));
                 let i = _mm256_add_epi32(isum[r][0], isum[r][1]);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, acc[r]);
+            }
+        }
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+
+    /// Each panel row's sum of its 32 values per block: `ws[b·8 + i]` for row `i` (one
+    /// `vpdpbusd` of ones against each 4-byte step).
+    pub fn panel_sums(quants: &[u8], ws: &mut [i32]) {
+        let nb = ws.len() / PANEL;
+        assert!(
+            quants.len() >= nb * PACKED_BLOCK && vnni(),
+            "q8_0 panel sums"
+        );
+        // SAFETY: `vnni()` found avx512f, avx512vl and avx512vnni; the assert keeps the `nb`
+        // packed blocks read and the `nb · 8` sums written in bounds.
+        unsafe { panel_sums_vnni(quants.as_ptr(), nb, ws.as_mut_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    unsafe fn panel_sums_vnni(quants: *const u8, nb: usize, ws: *mut i32) {
+        let ones = _mm256_set1_epi8(1);
+        for b in 0..nb {
+            let mut sum = _mm256_setzero_si256();
+            for s in 0..PANEL {
+                let wv = _mm256_loadu_si256(quants.add(b * PACKED_BLOCK + s * 32).cast());
+                sum = _mm256_dpbusd_epi32(sum, ones, wv);
+            }
+            _mm256_storeu_si256(ws.add(b * PANEL).cast(), sum);
+        }
+    }
+
+    /// [`tile_n`] with `vpdpbusd`: x's bytes come offset to `q + 128` (unsigned), so each
+    /// step is one instruction per x row, and the block's `128 · Σw` is taken off the exact
+    /// integer sum before scaling: the same integers, hence the same f32 results, as the
+    /// AVX2 kernel's.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn vnni_tile_n<const R: usize>(
+        scales: *const f32,
+        quants: *const u8,
+        wsums: *const i32,
+        nb: usize,
+        xs: [*const i8; 4],
+        xd: [*const f32; 4],
+        out: &mut [[f32; PANEL]; 4],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            // Two chains per row (even and odd steps) so that `vpdpbusd`'s latency overlaps.
+            let mut isum = [[_mm256_setzero_si256(); 2]; R];
+            let qb = quants.add(b * PACKED_BLOCK);
+            for s in 0..PANEL {
+                let wv = _mm256_loadu_si256(qb.add(s * 32).cast());
+                for r in 0..R {
+                    let x4 = xs[r]
+                        .add(b * Q8_0_BLOCK + s * 4)
+                        .cast::<i32>()
+                        .read_unaligned();
+                    isum[r][s % 2] = _mm256_dpbusd_epi32(isum[r][s % 2], _mm256_set1_epi32(x4), wv);
+                }
+            }
+            let w128 = _mm256_slli_epi32::<7>(_mm256_loadu_si256(wsums.add(b * PANEL).cast()));
+            let dw = _mm256_loadu_ps(scales.add(b * PANEL));
+            for r in 0..R {
+                let i = _mm256_sub_epi32(_mm256_add_epi32(isum[r][0], isum[r][1]), w128);
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[r].add(b)));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), d, acc[r]);
             }
         }
@@ -452,6 +598,26 @@ mod tests {
             let mut one = vec![0f32; n];
             q8_0_gemm(&w, n, k, &x[r * k..(r + 1) * k], 1, &mut one).unwrap();
             assert_eq!(&all[r * n..(r + 1) * n], &one[..], "row {r}");
+        }
+    }
+
+    #[test]
+    fn the_vnni_and_avx2_kernels_give_the_same_bits() {
+        if !vnni() {
+            return; // nothing to compare on a CPU without AVX-512 VNNI
+        }
+        for &(n, blocks, rows) in &[(9, 3, 5), (130, 4, 9), (70, 32, 40)] {
+            let k = blocks * Q8_0_BLOCK;
+            let (w, _) = weights(n as u64 + 40, n, k);
+            let x = crate::seeded_randn(rows as u64 + 41, 1.0, &[rows, k])
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let (mut a, mut b) = (vec![0f32; rows * n], vec![1f32; rows * n]);
+            gemm(&w, n, k, &x, rows, &mut a, false);
+            gemm(&w, n, k, &x, rows, &mut b, true);
+            assert_eq!(a, b, "n={n} k={k} rows={rows}");
         }
     }
 
