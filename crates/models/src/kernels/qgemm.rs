@@ -84,15 +84,27 @@ fn quantize_rows(x: &[f32], k: usize, offset: bool) -> QuantizedRows {
     let mut d = vec![0f32; blocks];
     let (qp, dp) = (SharedOut(q.as_mut_ptr()), SharedOut(d.as_mut_ptr()));
     let body = |range: std::ops::Range<usize>| {
-        for blk in range {
-            let xb = &x[blk * Q8_0_BLOCK..(blk + 1) * Q8_0_BLOCK];
-            // SAFETY: block `blk` < blocks indexes inside `q` (blocks·32 values) and `d`
-            // (blocks scales); each block is in one range and each range goes to one thread,
-            // so no two threads touch the same elements, and both buffers outlive the loop.
-            let qb = unsafe {
-                std::slice::from_raw_parts_mut(qp.ptr().add(blk * Q8_0_BLOCK), Q8_0_BLOCK)
-            };
-            unsafe { *dp.ptr().add(blk) = quantize_block(xb, qb) };
+        let xs = &x[range.start * Q8_0_BLOCK..range.end * Q8_0_BLOCK];
+        // SAFETY: the blocks of `range` (< blocks) index inside `q` (blocks·32 values) and
+        // `d` (blocks scales); each block is in one range and each range goes to one thread,
+        // so no two threads touch the same elements, and both buffers outlive the loop.
+        let (qs, ds) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(qp.ptr().add(range.start * Q8_0_BLOCK), xs.len()),
+                std::slice::from_raw_parts_mut(dp.ptr().add(range.start), range.len()),
+            )
+        };
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            avx2::quantize_blocks(xs, qs, ds, offset);
+            return;
+        }
+        for ((xb, qb), db) in xs
+            .chunks_exact(Q8_0_BLOCK)
+            .zip(qs.chunks_exact_mut(Q8_0_BLOCK))
+            .zip(ds.iter_mut())
+        {
+            *db = quantize_block(xb, qb);
             if offset {
                 for v in qb.iter_mut() {
                     *v = (*v as u8 ^ 0x80) as i8;
@@ -225,12 +237,16 @@ fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnn
                 #[cfg(target_arch = "x86_64")]
                 avx2::tile(&panel, &xq, k, r0, t, &mut tile);
                 for (j, vals) in tile.iter().take(t).enumerate() {
-                    for (i, v) in vals.iter().take(m).enumerate() {
-                        // SAFETY: row r0 + j < rows and output o0 + i < n index inside `y`
-                        // (length rows·n, checked above); panel p alone writes outputs
-                        // o0..o0+m and each panel goes to one thread, so writes never alias.
-                        unsafe { *out.ptr().add((r0 + j) * n + o0 + i) = *v };
-                    }
+                    // SAFETY: row r0 + j < rows and outputs o0..o0+m (m ≤ 8, o0 + m ≤ n) index
+                    // inside `y` (length rows·n, checked above); panel p alone writes outputs
+                    // o0..o0+m and each panel goes to one thread, so writes never alias.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            vals.as_ptr(),
+                            out.ptr().add((r0 + j) * n + o0),
+                            m,
+                        )
+                    };
                 }
                 r0 += t;
             }
@@ -248,6 +264,63 @@ fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnn
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// [`quantize_block`] over consecutive Q8_0 blocks (`x`: blocks·32 values), the same
+    /// bytes and scales, eight lanes at a time; with `offset` the bytes are stored as
+    /// `q + 128` (see [`quantize_rows`]).
+    pub fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], offset: bool) {
+        let nb = d.len();
+        assert!(
+            x.len() == nb * Q8_0_BLOCK && q.len() == x.len() && available(),
+            "q8_0 quantize sizes"
+        );
+        // SAFETY: `available()` found avx2, fma and f16c; the assert keeps the `nb` blocks
+        // of `x` read and of `q` and `d` written in bounds.
+        unsafe { quantize_blocks_avx2(x.as_ptr(), q.as_mut_ptr(), d.as_mut_ptr(), nb, offset) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quantize_blocks_avx2(
+        x: *const f32,
+        q: *mut i8,
+        d: *mut f32,
+        nb: usize,
+        offset: bool,
+    ) {
+        let sign = _mm256_set1_ps(-0.0);
+        let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        let flip = _mm256_set1_epi8(if offset { 0x80u8 as i8 } else { 0 });
+        // packs_epi32 then packs_epi16 leave the 4-value groups in the order 0 2 4 6 1 3 5 7.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for b in 0..nb {
+            let p = x.add(b * Q8_0_BLOCK);
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+            let a = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+            // The scalar code's operations exactly: amax is exact, then the same divisions.
+            let amax = _mm_cvtss_f32(m);
+            let scale = amax / 127.0;
+            let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let r: [__m256i; 4] = std::array::from_fn(|i| {
+                let t = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm256_mul_ps(v[i], inv),
+                );
+                _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(t), lo), hi)
+            });
+            let packed = _mm256_packs_epi16(
+                _mm256_packs_epi32(r[0], r[1]),
+                _mm256_packs_epi32(r[2], r[3]),
+            );
+            let bytes = _mm256_xor_si256(_mm256_permutevar8x32_epi32(packed, order), flip);
+            _mm256_storeu_si256(q.add(b * Q8_0_BLOCK).cast(), bytes);
+            *d.add(b) = f16::from_f32(scale).to_f32();
+        }
+    }
 
     /// [`pack_panel`] for eight whole rows: per block, the eight rows' 32 bytes are an 8 × 8
     /// matrix of 4-byte groups, transposed in registers.
@@ -666,6 +739,43 @@ mod tests {
             pack_panel(&w, row_bytes, o0, PANEL, &mut a.0, &mut a.1);
             avx2::pack_full_panel(&w, row_bytes, o0, &mut b.0, &mut b.1);
             assert_eq!(a, b, "panel from row {o0}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_simd_quantizer_gives_the_scalar_bytes() {
+        if !available() {
+            return;
+        }
+        // Random rows, plus values that land exactly on .5 after scaling (ties), zeros, and
+        // an all-zero block.
+        let mut x = crate::seeded_randn(12, 3.0, &[7 * Q8_0_BLOCK])
+            .to_vec1::<f32>()
+            .unwrap();
+        // amax 127: scale 1, so j - 16 + 0.5 scales to itself, a tie for every value.
+        for (j, v) in x[..Q8_0_BLOCK].iter_mut().enumerate() {
+            *v = if j == 0 { 127.0 } else { j as f32 - 16.0 + 0.5 };
+        }
+        x[Q8_0_BLOCK..2 * Q8_0_BLOCK].fill(0.0);
+        x[2 * Q8_0_BLOCK + 3] = -0.0;
+        for offset in [false, true] {
+            let nb = x.len() / Q8_0_BLOCK;
+            let (mut q, mut d) = (vec![0i8; x.len()], vec![0f32; nb]);
+            avx2::quantize_blocks(&x, &mut q, &mut d, offset);
+            for b in 0..nb {
+                let mut want = [0i8; Q8_0_BLOCK];
+                let dw = quantize_block(&x[b * 32..(b + 1) * 32], &mut want);
+                if offset {
+                    want = want.map(|v| (v as u8 ^ 0x80) as i8);
+                }
+                assert_eq!(
+                    &q[b * 32..(b + 1) * 32],
+                    &want[..],
+                    "block {b}, offset {offset}"
+                );
+                assert_eq!(d[b].to_bits(), dw.to_bits(), "block {b}");
+            }
         }
     }
 

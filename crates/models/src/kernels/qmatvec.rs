@@ -69,12 +69,15 @@ pub fn quantize_row(x: &[f32], block: usize) -> QuantizedRow {
 }
 
 /// One block of [`quantize_row`]: its values into `q` (same length), its scale returned.
+/// Values are rounded to nearest, ties to even, as llama.cpp's AVX2 quantizer
+/// (`_mm256_round_ps`) does, so that a SIMD version computes the same bytes
+/// (`qgemm`'s, tested against this one).
 pub fn quantize_block(blk: &[f32], q: &mut [i8]) -> f32 {
     let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = amax / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (o, v) in q.iter_mut().zip(blk) {
-        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        *o = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
     }
     // GGML's Q8_0 block (the type llama.cpp and candle quantize x to for Q8_0 weights) stores
     // its scale as f16, Q8_K as f32: keep the same numbers they do.
