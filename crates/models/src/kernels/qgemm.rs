@@ -22,7 +22,7 @@
 //! whatever the thread count and however many rows share the call.
 
 use super::matvec::SharedOut;
-use super::qmatvec::{quantize_block, Q8_0_BLOCK, Q8_0_BYTES};
+use super::qmatvec::{quantize_block, QFormat, Q8_0_BLOCK, Q8_0_BYTES};
 use half::f16;
 
 /// Weight rows interleaved per packed panel (one f32 lane each).
@@ -175,18 +175,7 @@ pub fn q8_0_gemm(
     rows: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    if !k.is_multiple_of(Q8_0_BLOCK)
-        || w.len() != n * (k / Q8_0_BLOCK) * Q8_0_BYTES
-        || x.len() != rows * k
-        || y.len() != rows * n
-    {
-        return Err(format!(
-            "q8_0_gemm sizes: weight {} bytes for ({n}, {k}), x {} for {rows} rows, y {}",
-            w.len(),
-            x.len(),
-            y.len()
-        ));
-    }
+    super::qmatvec::check_sizes("q8_0_gemm", QFormat::Q8_0, w, n, k, x, rows, y)?;
     if !available() {
         return Err("q8_0_gemm needs AVX2, FMA and F16C".into());
     }

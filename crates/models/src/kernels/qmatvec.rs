@@ -107,6 +107,35 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// The dot products of one quantized `x` row with the `m` (1 to 4) weight rows from `o0`.
 type QDot4 = fn(QFormat, &[u8], usize, usize, usize, &QuantizedRow) -> [f32; 4];
 
+/// The size checks of [`qmatvec`] and [`super::qgemm::q8_0_gemm`] (`what` names the caller):
+/// `k` a multiple of the block, `w` `n` rows of `k / block` blocks, `x` `rows × k`, `y`
+/// `rows × n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_sizes(
+    what: &str,
+    fmt: QFormat,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    y: &[f32],
+) -> Result<(), String> {
+    if !k.is_multiple_of(fmt.block())
+        || w.len() != n * (k / fmt.block()) * fmt.block_bytes()
+        || x.len() != rows * k
+        || y.len() != rows * n
+    {
+        return Err(format!(
+            "{what} sizes: {fmt:?} weight {} bytes for ({n}, {k}), x {} for {rows} rows, y {}",
+            w.len(),
+            x.len(),
+            y.len()
+        ));
+    }
+    Ok(())
+}
+
 /// `y[r·n + o] = Σ_j x[r·k + j] · w[o, j]` for quantized `w` (`n` rows of `k / block` blocks,
 /// GGUF bytes). `k` must be a multiple of the format's block; sizes that disagree are refused.
 pub fn qmatvec(
@@ -119,18 +148,7 @@ pub fn qmatvec(
     y: &mut [f32],
 ) -> Result<(), String> {
     let block = fmt.block();
-    if !k.is_multiple_of(block)
-        || w.len() != n * (k / block) * fmt.block_bytes()
-        || x.len() != rows * k
-        || y.len() != rows * n
-    {
-        return Err(format!(
-            "qmatvec sizes: {fmt:?} weight {} bytes for ({n}, {k}), x {} for {rows} rows, y {}",
-            w.len(),
-            x.len(),
-            y.len()
-        ));
-    }
+    check_sizes("qmatvec", fmt, w, n, k, x, rows, y)?;
     if n == 0 || rows == 0 {
         return Ok(());
     }
