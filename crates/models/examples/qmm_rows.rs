@@ -1,5 +1,5 @@
 //! Times x·wᵀ for a quantized weight at 1 to 512 rows: pixlm's row kernel
-//! (`kernels::qmatvec`), for Q8_0 its tile kernel (`kernels::qgemm`), both called directly
+//! (`kernels::qmatvec`), its tile kernel (`kernels::qgemm`, `kernels::qgemm::q4k`), both called directly
 //! whatever `kernels::quantized_matmul_t` would choose, against candle's QMatMul. The figures
 //! behind `kernels::quantized_max_rows` and `kernels::q8_0_tile_min_rows`:
 //! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`; a third
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?,
         None => vec![1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512],
     };
-    let tile = fmt == GgmlDType::Q8_0 && qgemm::available();
+    let tile = qgemm::available();
     for rows in row_counts {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
         let mut best = [f64::MAX; 3];
@@ -59,8 +59,12 @@ fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 for w in &ws[..layers] {
                     let mut y = vec![0f32; rows * n];
-                    qgemm::q8_0_gemm(&w.data()?, n, k, &xs, rows, &mut y)
-                        .map_err(anyhow::Error::msg)?;
+                    if fmt == GgmlDType::Q8_0 {
+                        qgemm::q8_0_gemm(&w.data()?, n, k, &xs, rows, &mut y)
+                    } else {
+                        qgemm::q4k::q4k_gemm(&w.data()?, n, k, &xs, rows, &mut y)
+                    }
+                    .map_err(anyhow::Error::msg)?;
                     std::hint::black_box(y);
                 }
                 best[2] = best[2].min(t.elapsed().as_secs_f64() / layers as f64);

@@ -75,7 +75,7 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     match fmt {
         qmatvec::QFormat::Q4K if cfg!(target_arch = "x86_64") => 2,
-        qmatvec::QFormat::Q8_0 if qgemm::vnni() || candle_q8_0_uses_vnni() => 4,
+        qmatvec::QFormat::Q8_0 if qgemm::vnni() || candle_has_vnni_tiles() => 4,
         _ => matvec::MAX_ROWS,
     }
 }
@@ -92,16 +92,25 @@ pub fn q8_0_tile_min_rows() -> Option<usize> {
         None
     } else if qgemm::vnni() {
         Some(quantized_max_rows(qmatvec::QFormat::Q8_0) + 1)
-    } else if candle_q8_0_uses_vnni() {
+    } else if candle_has_vnni_tiles() {
         None
     } else {
         Some(8)
     }
 }
 
+/// Fewest rows of `x` for which [`quantized_matmul_t`] sends a Q4_K product to pixlm's tile
+/// kernel ([`qgemm::q4k::q4k_gemm`]); `None` where it does not: without AVX2, and where
+/// candle has VNNI tiles for Q4_K (faster there: 24.3 against 28.0 ms at 512 rows of a 6144 ×
+/// 2048 weight). Against candle's AVX2 Q4_K tiles (`qmm_rows -- q4_k` built for Zen 3, see
+/// BENCHMARKS.md) it is level at 8 rows and ahead from 16 (1.3x at 32 rows, 1.5x from 128).
+pub fn q4k_tile_min_rows() -> Option<usize> {
+    (qgemm::available() && !candle_has_vnni_tiles()).then_some(16)
+}
+
 /// Whether candle multiplies Q8_0 weights with its VNNI tiles on this CPU (its own test:
 /// AVX-512 VNNI or AVX-VNNI, unless `MISTRALRS_FORCE_AVX2=1`).
-fn candle_q8_0_uses_vnni() -> bool {
+fn candle_has_vnni_tiles() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -118,8 +127,9 @@ fn candle_q8_0_uses_vnni() -> bool {
 }
 
 /// `x · wᵀ` for a Q8_0 or Q4_K `w`, under the same conditions as [`dense_matmul_t`] (CPU, no
-/// gradient): for Q8_0 from [`q8_0_tile_min_rows`] rows on by [`qgemm::q8_0_gemm`], else for
-/// at most [`quantized_max_rows`] rows by [`qmatvec::qmatvec`]; `None` otherwise, for candle.
+/// gradient): from [`q8_0_tile_min_rows`] / [`q4k_tile_min_rows`] rows on by the tile
+/// kernels of [`qgemm`], else for at most [`quantized_max_rows`] rows by
+/// [`qmatvec::qmatvec`]; `None` otherwise, for candle.
 pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     let fmt = match w.dtype() {
         GgmlDType::Q8_0 => qmatvec::QFormat::Q8_0,
@@ -137,15 +147,21 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = x.elem_count() / k;
-    let tile = fmt == qmatvec::QFormat::Q8_0 && q8_0_tile_min_rows().is_some_and(|m| rows >= m);
+    let tile_min = match fmt {
+        qmatvec::QFormat::Q8_0 => q8_0_tile_min_rows(),
+        qmatvec::QFormat::Q4K => q4k_tile_min_rows(),
+    };
+    let tile = tile_min.is_some_and(|m| rows >= m);
     if rows == 0 || (rows > quantized_max_rows(fmt) && !tile) {
         return Ok(None);
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut y = vec![0f32; rows * n];
     let bytes = w.data()?;
-    if tile {
+    if tile && fmt == qmatvec::QFormat::Q8_0 {
         qgemm::q8_0_gemm(&bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    } else if tile {
+        qgemm::q4k::q4k_gemm(&bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
     } else {
         qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
     }

@@ -21,6 +21,8 @@
 //! in one fixed order (blocks in turn, each block's exact integer sum scaled and accumulated),
 //! whatever the thread count and however many rows share the call.
 
+pub mod q4k;
+
 use super::matvec::SharedOut;
 use super::qmatvec::{quantize_block, QFormat, Q8_0_BLOCK, Q8_0_BYTES};
 use half::f16;
@@ -192,46 +194,86 @@ fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnn
     let nb = k / Q8_0_BLOCK;
     let row_bytes = nb * Q8_0_BYTES;
     let xq = quantize_rows(x, k, vnni);
+    struct Buffers {
+        scales: Vec<f32>,
+        quants: Vec<u8>,
+        wsums: Vec<i32>,
+    }
+    for_each_tile(
+        n,
+        rows,
+        (n * k).saturating_mul(rows),
+        y,
+        || Buffers {
+            scales: vec![0f32; nb * PANEL],
+            quants: vec![0u8; nb * PACKED_BLOCK],
+            // The VNNI kernel multiplies `q + 128` by w and takes 128 · Σw back off: the
+            // panel rows' sums per block.
+            wsums: vec![0i32; if vnni { nb * PANEL } else { 0 }],
+        },
+        |o0, m, b| {
+            #[cfg(target_arch = "x86_64")]
+            if m == PANEL {
+                avx2::pack_full_panel(w, row_bytes, o0, &mut b.scales, &mut b.quants);
+            } else {
+                pack_panel(w, row_bytes, o0, m, &mut b.scales, &mut b.quants);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            pack_panel(w, row_bytes, o0, m, &mut b.scales, &mut b.quants);
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                avx2::panel_sums(&b.quants, &mut b.wsums);
+            }
+        },
+        |b, r0, t, out| {
+            let panel = Panel {
+                scales: &b.scales,
+                quants: &b.quants,
+                wsums: vnni.then_some(&b.wsums[..]),
+            };
+            #[cfg(target_arch = "x86_64")]
+            avx2::tile(&panel, &xq, k, r0, t, out);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (panel, r0, t, out);
+        },
+    );
+}
+
+/// The loop every tile kernel here shares: `pack(o0, m, buffers)` fills a thread's
+/// `buffers` (made once per thread by `buffers`) with the panel of weight rows
+/// `o0..o0+m` (`m` ≤ 8), and `tile(buffers, r0, t, out)` multiplies x rows `r0..r0+t`
+/// (`t` ≤ 4) by it into `out[j][i]`, which lands in `y[(r0+j)·n + o0+i]`. Panels are shared
+/// out over the thread pool when `work` (multiply-adds) is worth it; each panel is one
+/// thread's, so every output is written once, by one thread.
+pub(crate) fn for_each_tile<B>(
+    n: usize,
+    rows: usize,
+    work: usize,
+    y: &mut [f32],
+    buffers: impl Fn() -> B + Sync,
+    pack: impl Fn(usize, usize, &mut B) + Sync,
+    tile: impl Fn(&B, usize, usize, &mut [[f32; PANEL]; 4]) + Sync,
+) {
+    assert_eq!(y.len(), rows * n, "tile output size");
     let out = SharedOut(y.as_mut_ptr());
     let body = |range: std::ops::Range<usize>| {
-        let mut scales = vec![0f32; nb * PANEL];
-        let mut quants = vec![0u8; nb * PACKED_BLOCK];
-        // The VNNI kernel multiplies `q + 128` by w and takes 128 · Σw back off: the panel
-        // rows' sums per block.
-        let mut wsums = vec![0i32; if vnni { nb * PANEL } else { 0 }];
+        let mut b = buffers();
         for p in range {
             let o0 = p * PANEL;
             let m = (n - o0).min(PANEL);
-            #[cfg(target_arch = "x86_64")]
-            if m == PANEL {
-                avx2::pack_full_panel(w, row_bytes, o0, &mut scales, &mut quants);
-            } else {
-                pack_panel(w, row_bytes, o0, m, &mut scales, &mut quants);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            pack_panel(w, row_bytes, o0, m, &mut scales, &mut quants);
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                avx2::panel_sums(&quants, &mut wsums);
-            }
-            let panel = Panel {
-                scales: &scales,
-                quants: &quants,
-                wsums: vnni.then_some(&wsums[..]),
-            };
+            pack(o0, m, &mut b);
             let mut r0 = 0;
             while r0 < rows {
                 let t = (rows - r0).min(4);
-                let mut tile = [[0f32; PANEL]; 4];
-                #[cfg(target_arch = "x86_64")]
-                avx2::tile(&panel, &xq, k, r0, t, &mut tile);
-                for (j, vals) in tile.iter().take(t).enumerate() {
+                let mut vals = [[0f32; PANEL]; 4];
+                tile(&b, r0, t, &mut vals);
+                for (j, v) in vals.iter().take(t).enumerate() {
                     // SAFETY: row r0 + j < rows and outputs o0..o0+m (m ≤ 8, o0 + m ≤ n) index
-                    // inside `y` (length rows·n, checked above); panel p alone writes outputs
+                    // inside `y` (length rows·n, asserted above); panel p alone writes outputs
                     // o0..o0+m and each panel goes to one thread, so writes never alias.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            vals.as_ptr(),
+                            v.as_ptr(),
                             out.ptr().add((r0 + j) * n + o0),
                             m,
                         )
@@ -242,7 +284,7 @@ fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnn
         }
     };
     let panels = n.div_ceil(PANEL);
-    if (n * k).saturating_mul(rows) < 1 << 18 {
+    if work < 1 << 18 {
         body(0..panels);
     } else {
         super::parallel_for(panels, body);
@@ -250,14 +292,14 @@ fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnn
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
     /// [`quantize_block`] over consecutive Q8_0 blocks (`x`: blocks·32 values), the same
     /// bytes and scales, eight lanes at a time; with `offset` the bytes are stored as
     /// `q + 128` (see [`quantize_rows`]).
-    pub fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], offset: bool) {
+    pub(super) fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], offset: bool) {
         let nb = d.len();
         assert!(
             x.len() == nb * Q8_0_BLOCK && q.len() == x.len() && available(),
@@ -313,7 +355,7 @@ mod avx2 {
 
     /// [`pack_panel`] for eight whole rows: per block, the eight rows' 32 bytes are an 8 × 8
     /// matrix of 4-byte groups, transposed in registers.
-    pub fn pack_full_panel(
+    pub(super) fn pack_full_panel(
         w: &[u8],
         row_bytes: usize,
         o0: usize,
@@ -353,40 +395,47 @@ mod avx2 {
             let r: [__m256i; 8] = std::array::from_fn(|i| {
                 _mm256_loadu_si256(w.add(i * row_bytes + b * Q8_0_BYTES + 2).cast())
             });
-            let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-            let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-            let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-            let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-            let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-            let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-            let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-            let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-            // u[s] holds group s (low lane) and s + 4 (high lane) of rows 0-3, v[s] of rows 4-7.
-            let u = [
-                _mm256_unpacklo_epi64(t0, t2),
-                _mm256_unpackhi_epi64(t0, t2),
-                _mm256_unpacklo_epi64(t1, t3),
-                _mm256_unpackhi_epi64(t1, t3),
-            ];
-            let v = [
-                _mm256_unpacklo_epi64(t4, t6),
-                _mm256_unpackhi_epi64(t4, t6),
-                _mm256_unpacklo_epi64(t5, t7),
-                _mm256_unpackhi_epi64(t5, t7),
-            ];
-            let o = out.add(b * PACKED_BLOCK);
-            for s in 0..4 {
-                let lo = _mm256_permute2x128_si256::<0x20>(u[s], v[s]);
-                let hi = _mm256_permute2x128_si256::<0x31>(u[s], v[s]);
-                _mm256_storeu_si256(o.add(s * 32).cast(), lo);
-                _mm256_storeu_si256(o.add((s + 4) * 32).cast(), hi);
-            }
+            store_transposed(r, out.add(b * PACKED_BLOCK));
+        }
+    }
+
+    /// Eight rows of eight 4-byte groups, stored as eight vectors of one group from each row
+    /// (`out + 32·s` holds group `s` of rows 0 to 7).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn store_transposed(r: [__m256i; 8], out: *mut u8) {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        // u[s] holds group s (low lane) and s + 4 (high lane) of rows 0-3, v[s] of rows 4-7.
+        let u = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let v = [
+            _mm256_unpacklo_epi64(t4, t6),
+            _mm256_unpackhi_epi64(t4, t6),
+            _mm256_unpacklo_epi64(t5, t7),
+            _mm256_unpackhi_epi64(t5, t7),
+        ];
+        for s in 0..4 {
+            let lo = _mm256_permute2x128_si256::<0x20>(u[s], v[s]);
+            let hi = _mm256_permute2x128_si256::<0x31>(u[s], v[s]);
+            _mm256_storeu_si256(out.add(s * 32).cast(), lo);
+            _mm256_storeu_si256(out.add((s + 4) * 32).cast(), hi);
         }
     }
 
     /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel: `out[j][i]` is row `r0 + j`
     /// times panel row `i`.
-    pub fn tile(
+    pub(super) fn tile(
         panel: &Panel,
         xq: &QuantizedRows,
         k: usize,
@@ -485,7 +534,7 @@ mod avx2 {
 
     /// Each panel row's sum of its 32 values per block: `ws[b·8 + i]` for row `i` (one
     /// `vpdpbusd` of ones against each 4-byte step).
-    pub fn panel_sums(quants: &[u8], ws: &mut [i32]) {
+    pub(super) fn panel_sums(quants: &[u8], ws: &mut [i32]) {
         let nb = ws.len() / PANEL;
         assert!(
             quants.len() >= nb * PACKED_BLOCK && vnni(),
