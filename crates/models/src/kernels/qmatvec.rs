@@ -440,24 +440,21 @@ mod avx2 {
         let mut out = [0f32; 4];
         for i in 0..4 {
             let mut acc = _mm256_setzero_ps();
-            let mut mins = 0f32;
+            let mut accm = _mm256_setzero_ps();
             for b in 0..nb {
                 let xq = x.q.as_ptr().add(b * QK_K);
                 let dx = *x.d.get_unchecked(b);
-                let sums = x.sums.as_ptr().add(b * 16);
                 let blk = w.add(offs[i] + b * Q4_K_BYTES);
                 let d = f16_to_f32(blk);
                 let dmin = f16_to_f32(blk.add(2));
-                let scales = std::slice::from_raw_parts(blk.add(4), 12);
+                let (sc, mn) = scales_mins(blk.add(4));
                 let qs = blk.add(16);
                 let mut isum = _mm256_setzero_si256();
-                let mut msum = 0i32;
                 for c in 0..4 {
                     let q4 = _mm256_loadu_si256(qs.add(c * 32).cast());
                     let lo = _mm256_and_si256(q4, low);
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), low);
-                    let (sc0, m0) = scale_min_k4(2 * c, scales);
-                    let (sc1, m1) = scale_min_k4(2 * c + 1, scales);
+                    let (sc0, sc1) = ((sc >> (16 * c)) as u8, (sc >> (16 * c + 8)) as u8);
                     // 0..15 times -127..127 summed in pairs fits i16; then times the scale.
                     let x0 = _mm256_loadu_si256(xq.add(64 * c).cast());
                     let x1 = _mm256_loadu_si256(xq.add(64 * c + 32).cast());
@@ -471,16 +468,47 @@ mod avx2 {
                         isum,
                         _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1 as i16)),
                     );
-                    let s0 = *sums.add(4 * c) + *sums.add(4 * c + 1);
-                    let s1 = *sums.add(4 * c + 2) + *sums.add(4 * c + 3);
-                    msum += m0 as i32 * s0 + m1 as i32 * s1;
                 }
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(isum), acc);
-                mins += dmin * dx * msum as f32;
+                // The mins term, all eight sub-blocks at once: x's sums per 16 added in pairs
+                // (hadd leaves them as 0 1 4 5 | 2 3 6 7; the permute restores 0..7) times
+                // the eight mins.
+                let sums = x.sums.as_ptr().add(b * 16);
+                let pairs = _mm256_hadd_epi32(
+                    _mm256_loadu_si256(sums.cast()),
+                    _mm256_loadu_si256(sums.add(8).cast()),
+                );
+                let pairs = _mm256_permute4x64_epi64::<0b11_01_10_00>(pairs);
+                let mins = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
+                let msum = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, pairs));
+                accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), msum, accm);
             }
-            out[i] = hsum(acc) - mins;
+            out[i] = hsum(_mm256_sub_ps(acc, accm));
         }
         out
+    }
+
+    #[cfg(test)]
+    pub unsafe fn scales_mins_for_test(s: *const u8) -> (u64, u64) {
+        scales_mins(s)
+    }
+
+    /// A Q4_K block's eight 6-bit scales and eight mins (the 12 bytes at `s`), one per byte
+    /// of the two returned words, unpacked with whole-word masks as llama.cpp does.
+    #[inline]
+    unsafe fn scales_mins(s: *const u8) -> (u64, u64) {
+        let u = |i: usize| u32::from_le_bytes(*s.add(4 * i).cast::<[u8; 4]>());
+        let (u0, u1, u2) = (u(0), u(1), u(2));
+        const M1: u32 = 0x3f3f_3f3f;
+        const M2: u32 = 0x0f0f_0f0f;
+        const M3: u32 = 0x0303_0303;
+        // Sub-blocks 0-3: the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7: the
+        // nibbles of bytes 8-11 with the top 2 bits of bytes 0-3 / 4-7 above them.
+        let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+        let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+        let sc = (u0 & M1) as u64 | ((sc_hi as u64) << 32);
+        let mn = (u1 & M1) as u64 | ((mn_hi as u64) << 32);
+        (sc, mn)
     }
 }
 
@@ -609,6 +637,30 @@ mod tests {
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in y.iter().zip(&want) {
                 assert!((a - b).abs() < 0.02 * scale, "{fmt:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn word_unpacking_of_q4k_scales_matches_scale_min_k4() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for _ in 0..200 {
+            let bytes: [u8; 12] = std::array::from_fn(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            });
+            // SAFETY: `bytes` holds the 12 bytes `scales_mins` reads.
+            let (sc, mn) = unsafe { avx2::scales_mins_for_test(bytes.as_ptr()) };
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, &bytes);
+                assert_eq!(
+                    ((sc >> (8 * j)) as u8, (mn >> (8 * j)) as u8),
+                    (s, m),
+                    "{j}"
+                );
             }
         }
     }
