@@ -174,6 +174,92 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     ))
 }
 
+/// Random quantized matrices and their exact products, for the kernels' tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use super::qmatvec::{quantize_row, QFormat};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Device;
+
+    /// GGUF bytes of a random (n, k) matrix in `fmt`, and its dequantized values.
+    pub fn weights(seed: u64, n: usize, k: usize, fmt: QFormat) -> (Vec<u8>, Vec<f32>) {
+        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
+        let dtype = match fmt {
+            QFormat::Q8_0 => GgmlDType::Q8_0,
+            QFormat::Q4K => GgmlDType::Q4K,
+        };
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        (
+            q.data().unwrap().into_owned(),
+            deq.flatten_all().unwrap().to_vec1().unwrap(),
+        )
+    }
+
+    /// `rows × k` values drawn from N(0, 1).
+    pub fn x_rows(seed: u64, rows: usize, k: usize) -> Vec<f32> {
+        crate::seeded_randn(seed, 1.0, &[rows, k])
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// Exact product (in f64) of the dequantized weights with x quantized by
+    /// [`quantize_row`] in blocks of `block`: what the kernels compute, up to f32 rounding.
+    /// This also checks that the block layout read there is the one candle writes.
+    pub fn reference(
+        deq: &[f32],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        rows: usize,
+        block: usize,
+    ) -> Vec<f64> {
+        let mut y = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            let xq = quantize_row(&x[r * k..(r + 1) * k], block);
+            let xd: Vec<f64> = (0..k)
+                .map(|j| xq.q[j] as f64 * xq.d[j / block] as f64)
+                .collect();
+            for o in 0..n {
+                y.push((0..k).map(|j| deq[o * k + j] as f64 * xd[j]).sum());
+            }
+        }
+        y
+    }
+
+    /// `got` within 1e-5 of `want`'s largest magnitude, element by element.
+    pub fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() < 1e-5 * scale,
+                "{what} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    /// A product `f(x, rows, y)` gives each of the `rows` x rows (of `k`) the same bits alone
+    /// as in the call with all of them (`n` outputs per row).
+    pub fn assert_rows_alone_match(
+        n: usize,
+        k: usize,
+        x: &[f32],
+        f: impl Fn(&[f32], usize, &mut [f32]),
+    ) {
+        let rows = x.len() / k;
+        let mut all = vec![0f32; rows * n];
+        f(x, rows, &mut all);
+        for r in 0..rows {
+            let mut one = vec![0f32; n];
+            f(&x[r * k..(r + 1) * k], 1, &mut one);
+            assert_eq!(&all[r * n..(r + 1) * n], &one[..], "row {r}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

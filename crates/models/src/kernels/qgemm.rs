@@ -605,36 +605,11 @@ pub(crate) mod avx2 {
 mod tests {
     use super::*;
     use crate::kernels::qmatvec::quantize_row;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::Device;
+    use crate::kernels::test_data::{self, reference, x_rows};
 
     /// Q8_0 bytes of a random (n, k) matrix and its dequantized values.
     fn weights(seed: u64, n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
-        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let deq = q.dequantize(&Device::Cpu).unwrap();
-        (
-            q.data().unwrap().into_owned(),
-            deq.flatten_all().unwrap().to_vec1().unwrap(),
-        )
-    }
-
-    /// The scalar reference: in f64, the dequantized weights times x quantized to Q8_0 rows.
-    fn reference(deq: &[f32], n: usize, k: usize, x: &[f32], rows: usize) -> Vec<f64> {
-        let mut y = Vec::with_capacity(rows * n);
-        for r in 0..rows {
-            let xq = quantize_row(&x[r * k..(r + 1) * k], Q8_0_BLOCK);
-            for o in 0..n {
-                y.push(
-                    (0..k)
-                        .map(|j| {
-                            deq[o * k + j] as f64 * xq.q[j] as f64 * xq.d[j / Q8_0_BLOCK] as f64
-                        })
-                        .sum(),
-                );
-            }
-        }
-        y
+        test_data::weights(seed, n, k, QFormat::Q8_0)
     }
 
     #[test]
@@ -656,21 +631,12 @@ mod tests {
         ] {
             let k = blocks * Q8_0_BLOCK;
             let (w, deq) = weights(n as u64 * 7 + 1, n, k);
-            let x = crate::seeded_randn(rows as u64 + 11, 1.0, &[rows, k])
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let want = reference(&deq, n, k, &x, rows);
+            let x = x_rows(rows as u64 + 11, rows, k);
+            let want = reference(&deq, n, k, &x, rows, Q8_0_BLOCK);
             let mut y = vec![f32::NAN; rows * n];
             q8_0_gemm(&w, n, k, &x, rows, &mut y).unwrap();
+            test_data::assert_close(&y, &want, &format!("n={n} k={k} rows={rows}"));
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
-            for (i, (got, want)) in y.iter().zip(&want).enumerate() {
-                assert!(
-                    (*got as f64 - want).abs() < 1e-5 * scale,
-                    "n={n} k={k} rows={rows} [{i}]: {got} vs {want}"
-                );
-            }
             // The row kernel of qmatvec computes the same products (in another f32 order).
             let mut y2 = vec![f32::NAN; rows * n];
             crate::kernels::qmatvec::qmatvec(
@@ -698,18 +664,10 @@ mod tests {
         // thread count changes it.
         let (n, k, rows) = (70, 256, 11);
         let (w, _) = weights(3, n, k);
-        let x = crate::seeded_randn(4, 1.0, &[rows, k])
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let mut all = vec![0f32; rows * n];
-        q8_0_gemm(&w, n, k, &x, rows, &mut all).unwrap();
-        for r in 0..rows {
-            let mut one = vec![0f32; n];
-            q8_0_gemm(&w, n, k, &x[r * k..(r + 1) * k], 1, &mut one).unwrap();
-            assert_eq!(&all[r * n..(r + 1) * n], &one[..], "row {r}");
-        }
+        let x = x_rows(4, rows, k);
+        test_data::assert_rows_alone_match(n, k, &x, |x, rows, y| {
+            q8_0_gemm(&w, n, k, x, rows, y).unwrap()
+        });
     }
 
     #[test]
@@ -720,11 +678,7 @@ mod tests {
         for &(n, blocks, rows) in &[(9, 3, 5), (130, 4, 9), (70, 32, 40)] {
             let k = blocks * Q8_0_BLOCK;
             let (w, _) = weights(n as u64 + 40, n, k);
-            let x = crate::seeded_randn(rows as u64 + 41, 1.0, &[rows, k])
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let x = x_rows(rows as u64 + 41, rows, k);
             let (mut a, mut b) = (vec![0f32; rows * n], vec![1f32; rows * n]);
             gemm(&w, n, k, &x, rows, &mut a, false);
             gemm(&w, n, k, &x, rows, &mut b, true);

@@ -515,57 +515,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use crate::kernels::test_data::{reference, weights, x_rows};
     use candle_core::{Device, Tensor};
-
-    fn weights(seed: u64, n: usize, k: usize, fmt: QFormat) -> (Vec<u8>, Vec<f32>) {
-        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
-        let dtype = match fmt {
-            QFormat::Q8_0 => GgmlDType::Q8_0,
-            QFormat::Q4K => GgmlDType::Q4K,
-        };
-        let q = QTensor::quantize(&w, dtype).unwrap();
-        let deq: Vec<f32> = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        (q.data().unwrap().into_owned(), deq)
-    }
-
-    fn x_rows(seed: u64, rows: usize, k: usize) -> Vec<f32> {
-        crate::seeded_randn(seed, 1.0, &[rows, k])
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
-    /// Exact product of candle's dequantized weights with our quantized-then-dequantized x:
-    /// what the kernels compute, up to f32 rounding. This also checks that the block layout
-    /// read here is the one candle writes.
-    fn reference(
-        deq: &[f32],
-        n: usize,
-        k: usize,
-        x: &[f32],
-        rows: usize,
-        block: usize,
-    ) -> Vec<f64> {
-        let mut y = Vec::new();
-        for r in 0..rows {
-            let xq = quantize_row(&x[r * k..(r + 1) * k], block);
-            let xd: Vec<f64> = (0..k)
-                .map(|j| xq.q[j] as f64 * xq.d[j / block] as f64)
-                .collect();
-            for o in 0..n {
-                y.push((0..k).map(|j| deq[o * k + j] as f64 * xd[j]).sum());
-            }
-        }
-        y
-    }
 
     #[test]
     fn kernels_match_the_dequantized_product() {

@@ -325,25 +325,10 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::Device;
+    use crate::kernels::test_data::{self, reference, x_rows};
 
     fn weights(seed: u64, n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
-        let w = crate::seeded_randn(seed, 0.05, &[n, k]);
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
-        let deq = q.dequantize(&Device::Cpu).unwrap();
-        (
-            q.data().unwrap().into_owned(),
-            deq.flatten_all().unwrap().to_vec1().unwrap(),
-        )
-    }
-
-    fn x_rows(seed: u64, rows: usize, k: usize) -> Vec<f32> {
-        crate::seeded_randn(seed, 1.0, &[rows, k])
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        test_data::weights(seed, n, k, QFormat::Q4K)
     }
 
     #[test]
@@ -358,24 +343,8 @@ mod tests {
             let x = x_rows(rows as u64 + 51, rows, k);
             let mut y = vec![f32::NAN; rows * n];
             q4k_gemm(&w, n, k, &x, rows, &mut y).unwrap();
-            let mut want = Vec::new();
-            for r in 0..rows {
-                let xq = quantize_row(&x[r * k..(r + 1) * k], QK_K);
-                for o in 0..n {
-                    want.push(
-                        (0..k)
-                            .map(|j| deq[o * k + j] as f64 * xq.q[j] as f64 * xq.d[j / QK_K] as f64)
-                            .sum::<f64>(),
-                    );
-                }
-            }
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
-            for (i, (got, want)) in y.iter().zip(&want).enumerate() {
-                assert!(
-                    (*got as f64 - want).abs() < 1e-5 * scale,
-                    "n={n} k={k} rows={rows} [{i}]: {got} vs {want}"
-                );
-            }
+            let want = reference(&deq, n, k, &x, rows, QK_K);
+            test_data::assert_close(&y, &want, &format!("n={n} k={k} rows={rows}"));
         }
     }
 
@@ -387,13 +356,9 @@ mod tests {
         let (n, k, rows) = (21, 2 * QK_K, 7);
         let (w, _) = weights(60, n, k);
         let x = x_rows(61, rows, k);
-        let mut all = vec![0f32; rows * n];
-        q4k_gemm(&w, n, k, &x, rows, &mut all).unwrap();
-        for r in 0..rows {
-            let mut one = vec![0f32; n];
-            q4k_gemm(&w, n, k, &x[r * k..(r + 1) * k], 1, &mut one).unwrap();
-            assert_eq!(&all[r * n..(r + 1) * n], &one[..], "row {r}");
-        }
+        test_data::assert_rows_alone_match(n, k, &x, |x, rows, y| {
+            q4k_gemm(&w, n, k, x, rows, y).unwrap()
+        });
     }
 
     #[cfg(target_arch = "x86_64")]
