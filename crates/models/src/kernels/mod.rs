@@ -158,13 +158,12 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut y = vec![0f32; rows * n];
     let bytes = w.data()?;
-    if tile && fmt == qmatvec::QFormat::Q8_0 {
-        qgemm::q8_0_gemm(&bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
-    } else if tile {
-        qgemm::q4k::q4k_gemm(&bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
-    } else {
-        qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+    match (tile, fmt) {
+        (true, qmatvec::QFormat::Q8_0) => qgemm::q8_0_gemm(&bytes, n, k, &xs, rows, &mut y),
+        (true, qmatvec::QFormat::Q4K) => qgemm::q4k::q4k_gemm(&bytes, n, k, &xs, rows, &mut y),
+        (false, _) => qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y),
     }
+    .map_err(crate::ModelError::Input)?;
     let mut shape = dims.to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;

@@ -24,8 +24,7 @@
 pub mod q4k;
 
 use super::matvec::SharedOut;
-use super::qmatvec::{quantize_block, QFormat, Q8_0_BLOCK, Q8_0_BYTES};
-use half::f16;
+use super::qmatvec::{check_sizes, f16_at, quantize_block, QFormat, Q8_0_BLOCK, Q8_0_BYTES};
 
 /// Weight rows interleaved per packed panel (one f32 lane each).
 pub const PANEL: usize = 8;
@@ -79,8 +78,7 @@ struct QuantizedRows {
 
 /// With `offset`, each value is stored as the unsigned byte `q + 128` (its bits: `q ^ 0x80`),
 /// what the VNNI kernel's unsigned operand wants.
-fn quantize_rows(x: &[f32], k: usize, offset: bool) -> QuantizedRows {
-    let nb = k / Q8_0_BLOCK;
+fn quantize_rows(x: &[f32], offset: bool) -> QuantizedRows {
     let blocks = x.len() / Q8_0_BLOCK;
     let mut q = vec![0i8; x.len()];
     let mut d = vec![0f32; blocks];
@@ -120,50 +118,74 @@ fn quantize_rows(x: &[f32], k: usize, offset: bool) -> QuantizedRows {
     } else {
         super::parallel_for(blocks, body);
     }
-    debug_assert_eq!(d.len(), (x.len() / k.max(1)) * nb);
     QuantizedRows { q, d }
 }
 
-/// One packed panel: [`pack_panel`]'s scales and quants, and for the VNNI kernel the rows'
-/// sums per block.
-#[derive(Clone, Copy)]
-struct Panel<'a> {
-    scales: &'a [f32],
-    quants: &'a [u8],
-    wsums: Option<&'a [i32]>,
+/// One packed panel of eight weight rows, interleaved as the module comment describes:
+/// `scales[b·8 + i]` the scale of row `i`'s block `b`, `quants[b·256 + s·32 + i·4 + t]` its
+/// value `4s + t`, and for the VNNI kernel `wsums[b·8 + i]` the sum of its 32 values (empty
+/// otherwise).
+struct Panel {
+    scales: Vec<f32>,
+    quants: Vec<u8>,
+    wsums: Vec<i32>,
 }
 
-/// Eight weight rows from `o0` (fewer at the end of the matrix: the missing ones are zeros)
-/// interleaved as the module comment describes: `scales[b·8 + i]` the scale of row `o0 + i`'s
-/// block `b`, and `quants[b·256 + s·32 + i·4 + t] = q[o0 + i][b·32 + 4s + t]`.
-fn pack_panel(
-    w: &[u8],
-    row_bytes: usize,
-    o0: usize,
-    m: usize,
-    scales: &mut [f32],
-    quants: &mut [u8],
-) {
+/// The scales of rows `o0..o0+m` of `w` (the rest zero).
+fn pack_scales(w: &[u8], row_bytes: usize, o0: usize, m: usize, scales: &mut [f32]) {
     let nb = row_bytes / Q8_0_BYTES;
     for i in 0..PANEL {
-        if i >= m {
-            for b in 0..nb {
-                scales[b * PANEL + i] = 0.0;
-                for s in 0..PANEL {
-                    quants[b * PACKED_BLOCK + s * 32 + i * 4..][..4].fill(0);
-                }
-            }
-            continue;
+        for b in 0..nb {
+            scales[b * PANEL + i] = if i < m {
+                f16_at(w, (o0 + i) * row_bytes + b * Q8_0_BYTES)
+            } else {
+                0.0
+            };
         }
-        let row = &w[(o0 + i) * row_bytes..(o0 + i + 1) * row_bytes];
-        for (b, blk) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            scales[b * PANEL + i] = f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            let packed = &mut quants[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
-            for (s, four) in blk[2..].chunks_exact(4).enumerate() {
-                packed[s * 32 + i * 4..s * 32 + i * 4 + 4].copy_from_slice(four);
+    }
+}
+
+/// The values of rows `o0..o0+m` of `w` (the rest zero), four bytes at a time: the reference
+/// the SIMD packing is tested against, and the packing of a last, partial panel.
+fn pack_quants(w: &[u8], row_bytes: usize, o0: usize, m: usize, quants: &mut [u8]) {
+    let nb = row_bytes / Q8_0_BYTES;
+    for i in 0..PANEL {
+        for b in 0..nb {
+            for s in 0..PANEL {
+                let to = b * PACKED_BLOCK + s * 32 + i * 4;
+                if i < m {
+                    let from = (o0 + i) * row_bytes + b * Q8_0_BYTES + 2 + 4 * s;
+                    quants[to..to + 4].copy_from_slice(&w[from..from + 4]);
+                } else {
+                    quants[to..to + 4].fill(0);
+                }
             }
         }
     }
+}
+
+/// What both tile kernels check before any work: the sizes, the CPU, and whether there is
+/// anything to compute (an empty product leaves `y`, if any, zero). `Ok(true)`: go on.
+#[allow(clippy::too_many_arguments)]
+fn ready(
+    what: &str,
+    fmt: QFormat,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+) -> Result<bool, String> {
+    check_sizes(what, fmt, w, n, k, x, rows, y)?;
+    if !available() {
+        return Err(format!("{what} needs AVX2, FMA and F16C"));
+    }
+    if n == 0 || rows == 0 || k == 0 {
+        y.fill(0.0);
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `y[r·n + o] = Σ_j x[r·k + j] · w[o, j]` for Q8_0 weights `w` (`n` rows of `k / 32` GGUF
@@ -177,15 +199,9 @@ pub fn q8_0_gemm(
     rows: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    super::qmatvec::check_sizes("q8_0_gemm", QFormat::Q8_0, w, n, k, x, rows, y)?;
-    if !available() {
-        return Err("q8_0_gemm needs AVX2, FMA and F16C".into());
+    if ready("q8_0_gemm", QFormat::Q8_0, w, n, k, x, rows, y)? {
+        gemm(w, n, k, x, rows, y, vnni());
     }
-    if n == 0 || rows == 0 || k == 0 {
-        y.fill(0.0);
-        return Ok(());
-    }
-    gemm(w, n, k, x, rows, y, vnni());
     Ok(())
 }
 
@@ -193,48 +209,38 @@ pub fn q8_0_gemm(
 fn gemm(w: &[u8], n: usize, k: usize, x: &[f32], rows: usize, y: &mut [f32], vnni: bool) {
     let nb = k / Q8_0_BLOCK;
     let row_bytes = nb * Q8_0_BYTES;
-    let xq = quantize_rows(x, k, vnni);
-    struct Buffers {
-        scales: Vec<f32>,
-        quants: Vec<u8>,
-        wsums: Vec<i32>,
-    }
+    let xq = quantize_rows(x, vnni);
     for_each_tile(
         n,
         rows,
         (n * k).saturating_mul(rows),
         y,
-        || Buffers {
+        || Panel {
             scales: vec![0f32; nb * PANEL],
             quants: vec![0u8; nb * PACKED_BLOCK],
-            // The VNNI kernel multiplies `q + 128` by w and takes 128 · Σw back off: the
-            // panel rows' sums per block.
+            // The VNNI kernel multiplies `q + 128` by w and takes 128 · Σw back off.
             wsums: vec![0i32; if vnni { nb * PANEL } else { 0 }],
         },
-        |o0, m, b| {
+        |o0, m, p| {
+            pack_scales(w, row_bytes, o0, m, &mut p.scales);
             #[cfg(target_arch = "x86_64")]
             if m == PANEL {
-                avx2::pack_full_panel(w, row_bytes, o0, &mut b.scales, &mut b.quants);
+                avx2::pack_quants(w, row_bytes, o0, &mut p.quants);
             } else {
-                pack_panel(w, row_bytes, o0, m, &mut b.scales, &mut b.quants);
+                pack_quants(w, row_bytes, o0, m, &mut p.quants);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            pack_panel(w, row_bytes, o0, m, &mut b.scales, &mut b.quants);
+            pack_quants(w, row_bytes, o0, m, &mut p.quants);
             #[cfg(target_arch = "x86_64")]
             if vnni {
-                avx2::panel_sums(&b.quants, &mut b.wsums);
+                avx2::panel_sums(&p.quants, &mut p.wsums);
             }
         },
-        |b, r0, t, out| {
-            let panel = Panel {
-                scales: &b.scales,
-                quants: &b.quants,
-                wsums: vnni.then_some(&b.wsums[..]),
-            };
+        |p, r0, t, out| {
             #[cfg(target_arch = "x86_64")]
-            avx2::tile(&panel, &xq, k, r0, t, out);
+            avx2::tile(p, vnni, &xq, k, r0, t, out);
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (panel, r0, t, out);
+            let _ = (p, r0, t, out);
         },
     );
 }
@@ -349,36 +355,20 @@ pub(crate) mod avx2 {
             );
             let bytes = _mm256_xor_si256(_mm256_permutevar8x32_epi32(packed, order), flip);
             _mm256_storeu_si256(q.add(b * Q8_0_BLOCK).cast(), bytes);
-            *d.add(b) = f16::from_f32(scale).to_f32();
+            *d.add(b) = half::f16::from_f32(scale).to_f32();
         }
     }
 
-    /// [`pack_panel`] for eight whole rows: per block, the eight rows' 32 bytes are an 8 × 8
-    /// matrix of 4-byte groups, transposed in registers.
-    pub(super) fn pack_full_panel(
-        w: &[u8],
-        row_bytes: usize,
-        o0: usize,
-        scales: &mut [f32],
-        quants: &mut [u8],
-    ) {
+    /// [`super::pack_quants`] for eight whole rows: per block, the eight rows' 32 bytes are an
+    /// 8 × 8 matrix of 4-byte groups, transposed in registers.
+    pub(super) fn pack_quants(w: &[u8], row_bytes: usize, o0: usize, quants: &mut [u8]) {
         let nb = row_bytes / Q8_0_BYTES;
         assert!(
-            w.len() >= (o0 + PANEL) * row_bytes
-                && scales.len() >= nb * PANEL
-                && quants.len() >= nb * PACKED_BLOCK,
+            w.len() >= (o0 + PANEL) * row_bytes && quants.len() >= nb * PACKED_BLOCK && available(),
             "q8_0 panel out of bounds"
         );
-        for i in 0..PANEL {
-            let row = &w[(o0 + i) * row_bytes..(o0 + i + 1) * row_bytes];
-            for (b, blk) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-                scales[b * PANEL + i] =
-                    f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            }
-        }
-        // SAFETY: only called after `available()` found avx2; the assert keeps the eight
-        // rows' `nb` blocks (read at `+2 .. +34` of each) and the `nb` packed blocks written
-        // in bounds.
+        // SAFETY: `available()` found avx2; the assert keeps the eight rows' `nb` blocks
+        // (read at `+2 .. +34` of each) and the `nb` packed blocks written in bounds.
         unsafe {
             transpose_blocks(
                 w.as_ptr().add(o0 * row_bytes),
@@ -433,10 +423,12 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel: `out[j][i]` is row `r0 + j`
-    /// times panel row `i`.
+    /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel, by the VNNI kernel if
+    /// `vnni`: `out[j][i]` is row `r0 + j` times panel row `i`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn tile(
         panel: &Panel,
+        vnni: bool,
         xq: &QuantizedRows,
         k: usize,
         r0: usize,
@@ -447,7 +439,7 @@ pub(crate) mod avx2 {
             scales,
             quants,
             wsums,
-        } = *panel;
+        } = panel;
         let nb = k / Q8_0_BLOCK;
         assert!(
             (1..=4).contains(&t)
@@ -460,9 +452,9 @@ pub(crate) mod avx2 {
         let xs: [*const i8; 4] = std::array::from_fn(|j| xq.q[(r0 + j.min(t - 1)) * k..].as_ptr());
         let xd: [*const f32; 4] =
             std::array::from_fn(|j| xq.d[(r0 + j.min(t - 1)) * nb..].as_ptr());
-        if let Some(ws) = wsums {
-            assert!(ws.len() >= nb * PANEL && vnni(), "q8_0 VNNI tile");
-            let ws = ws.as_ptr();
+        if vnni {
+            assert!(wsums.len() >= nb * PANEL && super::vnni(), "q8_0 VNNI tile");
+            let ws = wsums.as_ptr();
             // SAFETY: as below, and `vnni()` found avx512f, avx512vl and avx512vnni; `ws`
             // holds the `nb` blocks' eight sums (asserted).
             unsafe {
@@ -695,7 +687,7 @@ mod tests {
         let k = 32;
         let mut w = Vec::new();
         for o in 0..3 {
-            w.extend_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+            w.extend_from_slice(&half::f16::from_f32(0.5).to_bits().to_le_bytes());
             w.extend((0..k).map(|j| if (j + o) % 2 == 0 { 0x80u8 } else { 127u8 }));
         }
         let x: Vec<f32> = (0..k)
@@ -725,11 +717,12 @@ mod tests {
         let (w, _) = weights(8, n, k);
         let nb = k / Q8_0_BLOCK;
         let row_bytes = nb * Q8_0_BYTES;
+        // (The scales have one packing, `pack_scales`, for both paths.)
         for o0 in [0, 3, 11] {
-            let mut a = (vec![0f32; nb * PANEL], vec![0u8; nb * PACKED_BLOCK]);
-            let mut b = (vec![1f32; nb * PANEL], vec![1u8; nb * PACKED_BLOCK]);
-            pack_panel(&w, row_bytes, o0, PANEL, &mut a.0, &mut a.1);
-            avx2::pack_full_panel(&w, row_bytes, o0, &mut b.0, &mut b.1);
+            let mut a = vec![0u8; nb * PACKED_BLOCK];
+            let mut b = vec![1u8; nb * PACKED_BLOCK];
+            pack_quants(&w, row_bytes, o0, PANEL, &mut a);
+            avx2::pack_quants(&w, row_bytes, o0, &mut b);
             assert_eq!(a, b, "panel from row {o0}");
         }
     }

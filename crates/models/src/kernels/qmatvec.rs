@@ -88,6 +88,24 @@ pub fn quantize_block(blk: &[f32], q: &mut [i8]) -> f32 {
     }
 }
 
+/// All eight of Q4_K's 6-bit scales and mins at once (the 12 bytes of `s`): scale `j` in byte
+/// `j` of the first word, min `j` in byte `j` of the second, unpacked with whole-word masks as
+/// llama.cpp does ([`scale_min_k4`] one at a time gives the same values).
+pub(crate) fn scales_mins(s: &[u8]) -> (u64, u64) {
+    let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    const M1: u32 = 0x3f3f_3f3f;
+    const M2: u32 = 0x0f0f_0f0f;
+    const M3: u32 = 0x0303_0303;
+    // Sub-blocks 0-3: the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7: the nibbles
+    // of bytes 8-11 with the top 2 bits of bytes 0-3 / 4-7 above them.
+    let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
+    let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
+    let sc = (u0 & M1) as u64 | ((sc_hi as u64) << 32);
+    let mn = (u1 & M1) as u64 | ((mn_hi as u64) << 32);
+    (sc, mn)
+}
+
 /// Q4_K's packed 6-bit scale and min of sub-block `j` (0..8).
 pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -100,14 +118,16 @@ pub fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
+/// The f16 stored little-endian at `b[at..at + 2]`, widened.
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// The dot products of one quantized `x` row with the `m` (1 to 4) weight rows from `o0`.
 type QDot4 = fn(QFormat, &[u8], usize, usize, usize, &QuantizedRow) -> [f32; 4];
 
-/// The size checks of [`qmatvec`] and [`super::qgemm::q8_0_gemm`] (`what` names the caller):
+/// The size checks of [`qmatvec`] and the tile kernels of [`super::qgemm`] (`what` names the
+/// caller):
 /// `k` a multiple of the block, `w` `n` rows of `k / block` blocks, `x` `rows × k`, `y`
 /// `rows × n`.
 #[allow(clippy::too_many_arguments)]
@@ -447,7 +467,7 @@ mod avx2 {
                 let blk = w.add(offs[i] + b * Q4_K_BYTES);
                 let d = f16_to_f32(blk);
                 let dmin = f16_to_f32(blk.add(2));
-                let (sc, mn) = scales_mins(blk.add(4));
+                let (sc, mn) = scales_mins(std::slice::from_raw_parts(blk.add(4), 12));
                 let qs = blk.add(16);
                 let mut isum = _mm256_setzero_si256();
                 for c in 0..4 {
@@ -486,29 +506,6 @@ mod avx2 {
             out[i] = hsum(_mm256_sub_ps(acc, accm));
         }
         out
-    }
-
-    #[cfg(test)]
-    pub unsafe fn scales_mins_for_test(s: *const u8) -> (u64, u64) {
-        scales_mins(s)
-    }
-
-    /// A Q4_K block's eight 6-bit scales and eight mins (the 12 bytes at `s`), one per byte
-    /// of the two returned words, unpacked with whole-word masks as llama.cpp does.
-    #[inline]
-    unsafe fn scales_mins(s: *const u8) -> (u64, u64) {
-        let u = |i: usize| u32::from_le_bytes(*s.add(4 * i).cast::<[u8; 4]>());
-        let (u0, u1, u2) = (u(0), u(1), u(2));
-        const M1: u32 = 0x3f3f_3f3f;
-        const M2: u32 = 0x0f0f_0f0f;
-        const M3: u32 = 0x0303_0303;
-        // Sub-blocks 0-3: the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7: the
-        // nibbles of bytes 8-11 with the top 2 bits of bytes 0-3 / 4-7 above them.
-        let sc_hi = (u2 & M2) | (((u0 >> 6) & M3) << 4);
-        let mn_hi = ((u2 >> 4) & M2) | (((u1 >> 6) & M3) << 4);
-        let sc = (u0 & M1) as u64 | ((sc_hi as u64) << 32);
-        let mn = (u1 & M1) as u64 | ((mn_hi as u64) << 32);
-        (sc, mn)
     }
 }
 
@@ -592,7 +589,6 @@ mod tests {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn word_unpacking_of_q4k_scales_matches_scale_min_k4() {
         let mut state = 0x1234_5678_9abc_def0u64;
@@ -603,8 +599,7 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 (state >> 56) as u8
             });
-            // SAFETY: `bytes` holds the 12 bytes `scales_mins` reads.
-            let (sc, mn) = unsafe { avx2::scales_mins_for_test(bytes.as_ptr()) };
+            let (sc, mn) = scales_mins(&bytes);
             for j in 0..8 {
                 let (s, m) = scale_min_k4(j, &bytes);
                 assert_eq!(

@@ -15,10 +15,9 @@
 //! overflow (at most 8 · 2 · 15 · 127 = 30,480); one `madd` by the rows' scales then widens
 //! and scales them at once. The mins term is one more `madd` per pair of sub-blocks.
 
-use super::{for_each_tile, PANEL};
+use super::{for_each_tile, ready, PANEL};
 use crate::kernels::matvec::SharedOut;
-use crate::kernels::qmatvec::{check_sizes, quantize_row, scale_min_k4, QFormat, Q4_K_BYTES, QK_K};
-use half::f16;
+use crate::kernels::qmatvec::{f16_at, quantize_row, scales_mins, QFormat, Q4_K_BYTES, QK_K};
 
 /// Bytes of one packed super-block: 8 sub-blocks × 8 steps × 32 bytes.
 const PACKED_SB: usize = 8 * 8 * 32;
@@ -91,10 +90,6 @@ impl Panel {
     }
 }
 
-fn f16_at(b: &[u8]) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
-}
-
 /// The scales, mins and super-block factors of rows `o0..o0+m` (the rest zero).
 fn pack_scales(w: &[u8], row_bytes: usize, o0: usize, m: usize, p: &mut Panel) {
     let nsb = row_bytes / Q4_K_BYTES;
@@ -104,13 +99,14 @@ fn pack_scales(w: &[u8], row_bytes: usize, o0: usize, m: usize, p: &mut Panel) {
                 let at = (o0 + i) * row_bytes + sb * Q4_K_BYTES;
                 &w[at..at + Q4_K_BYTES]
             });
-            p.d[sb * PANEL + i] = blk.map_or(0.0, |b| f16_at(&b[0..]));
-            p.dmin[sb * PANEL + i] = blk.map_or(0.0, |b| f16_at(&b[2..]));
+            p.d[sb * PANEL + i] = blk.map_or(0.0, |b| f16_at(b, 0));
+            p.dmin[sb * PANEL + i] = blk.map_or(0.0, |b| f16_at(b, 2));
+            let (scs, mns) = blk.map_or((0, 0), |b| scales_mins(&b[4..16]));
             for j in 0..8 {
-                let (sc, mn) = blk.map_or((0, 0), |b| scale_min_k4(j, &b[4..16]));
-                p.sc[(sb * 8 + j) * 16 + 2 * i] = sc as i16;
-                p.sc[(sb * 8 + j) * 16 + 2 * i + 1] = sc as i16;
-                p.mins[(sb * 4 + j / 2) * 16 + 2 * i + j % 2] = mn as i16;
+                let (sc, mn) = ((scs >> (8 * j)) as u8 as i16, (mns >> (8 * j)) as u8 as i16);
+                p.sc[(sb * 8 + j) * 16 + 2 * i] = sc;
+                p.sc[(sb * 8 + j) * 16 + 2 * i + 1] = sc;
+                p.mins[(sb * 4 + j / 2) * 16 + 2 * i + j % 2] = mn;
             }
         }
     }
@@ -148,12 +144,7 @@ pub fn q4k_gemm(
     rows: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    check_sizes("q4k_gemm", QFormat::Q4K, w, n, k, x, rows, y)?;
-    if !super::available() {
-        return Err("q4k_gemm needs AVX2, FMA and F16C".into());
-    }
-    if n == 0 || rows == 0 || k == 0 {
-        y.fill(0.0);
+    if !ready("q4k_gemm", QFormat::Q4K, w, n, k, x, rows, y)? {
         return Ok(());
     }
     let nsb = k / QK_K;
