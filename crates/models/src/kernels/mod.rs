@@ -66,15 +66,16 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 
 /// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for
 /// `fmt`. That kernel streams the weights once, but its integer work grows with every row;
-/// tile kernels do more of it per loaded weight (pixlm's [`qgemm`] for Q8_0, candle's
-/// repacked tiles for Q4_K on every AVX2 CPU). Measured with `cargo run --release -p
-/// pixlm-models --example qmm_rows` (a 6144 × 2048 weight, milliseconds, row kernel / tile):
-/// on an AVX-512 VNNI CPU, Q8_0 at 4 rows 0.77 / 0.86 (pixlm's VNNI tile), 6 rows 1.36 /
-/// 0.99; Q4_K at 2 rows 0.61 / 0.68, 3 rows 0.97 / 0.74 (candle's). Without VNNI see
-/// [`q8_0_tile_min_rows`].
+/// tile kernels do more of it per loaded weight (pixlm's [`qgemm`], candle's repacked
+/// tiles). Measured with `cargo run --release -p pixlm-models --example qmm_rows` (a 6144 ×
+/// 2048 weight, milliseconds, row kernel / tile): on an AVX-512 VNNI CPU, Q8_0 at 4 rows
+/// 0.77 / 0.86 (pixlm's VNNI tile), 6 rows 1.36 / 0.99. Q4_K, whose row kernel unpacks each
+/// weight row once for up to four x rows: at 4 rows 0.42-0.47 / 0.73-0.81 (candle's VNNI
+/// tiles), at 8 rows 0.90-1.04 / 0.97-1.04; built for Zen 3 (AVX2 only), 4 rows 0.51-0.61 /
+/// 0.81-0.98, 8 rows 1.07-1.40 / 1.18-1.45, 12 rows 1.65-2.02 / 1.59-1.94 (candle's AVX2
+/// tiles). Without VNNI see [`q8_0_tile_min_rows`].
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     match fmt {
-        qmatvec::QFormat::Q4K if cfg!(target_arch = "x86_64") => 2,
         qmatvec::QFormat::Q8_0 if qgemm::vnni() || candle_has_vnni_tiles() => 4,
         _ => matvec::MAX_ROWS,
     }

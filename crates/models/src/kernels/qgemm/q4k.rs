@@ -4,7 +4,7 @@
 //!
 //! A Q4_K super-block holds eight sub-blocks of 32 four-bit values `q` (0 to 15), each with a
 //! 6-bit scale `sc` and min `m`: `w = d · sc · q − dmin · m`. `x` is quantized to Q8_K
-//! (int8, one f32 scale per 256, and its sums per 16), as llama.cpp and
+//! (int8, one f32 scale per 256, and its sums per 32), as llama.cpp and
 //! [`super::super::qmatvec`] do, so that per super-block
 //! `Σ w·x = dx · (d · Σ_j sc_j · Σ q·xq − dmin · Σ_j m_j · Σ_j xq)`.
 //!
@@ -41,11 +41,8 @@ fn quantize_x(x: &[f32], k: usize) -> Vec<XRow> {
             let qr = quantize_row(&x[r * k..(r + 1) * k], QK_K);
             let pairs = qr
                 .sums
-                .chunks_exact(4)
-                .map(|s| {
-                    let (a, b) = ((s[0] + s[1]) as i16, (s[2] + s[3]) as i16);
-                    (a as u16 as u32 | ((b as u16 as u32) << 16)) as i32
-                })
+                .chunks_exact(2)
+                .map(|s| (s[0] as u16 as u32 | ((s[1] as u16 as u32) << 16)) as i32)
                 .collect();
             // SAFETY: r < rows indexes inside `out`; each row is in one range and each range
             // goes to one thread, and `out` outlives the loop. The old (empty) value is
