@@ -92,8 +92,8 @@ pub fn quantize_block(blk: &[f32], q: &mut [i8]) -> f32 {
 /// All eight of Q4_K's 6-bit scales and mins at once (the 12 bytes of `s`): scale `j` in byte
 /// `j` of the first word, min `j` in byte `j` of the second, unpacked with whole-word masks as
 /// llama.cpp does ([`scale_min_k4`] one at a time gives the same values). Always inlined: a
-/// call from a SIMD loop makes the compiler spill every vector register around it (measured:
-/// the Q4_K row kernel ran at 15-17 GB/s with the call, against ... without).
+/// call from a SIMD loop makes the compiler spill every vector register around it (the Q4_K
+/// row kernel ran at 16-21 GB/s with the call, 23-26 GB/s without, on a 6144 × 2048 weight).
 #[inline(always)]
 pub(crate) fn scales_mins(s: &[u8]) -> (u64, u64) {
     let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
