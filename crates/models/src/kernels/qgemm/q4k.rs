@@ -17,43 +17,31 @@
 
 use super::{for_each_tile, ready, PANEL};
 use crate::kernels::matvec::SharedOut;
-use crate::kernels::qmatvec::{f16_at, quantize_row, scales_mins, QFormat, Q4_K_BYTES, QK_K};
+use crate::kernels::qmatvec::{
+    f16_at, quantize_row, scales_mins, QFormat, QuantizedRow, Q4_K_BYTES, QK_K,
+};
 
 /// Bytes of one packed super-block: 8 sub-blocks × 8 steps × 32 bytes.
 const PACKED_SB: usize = 8 * 8 * 32;
 
-/// `x`'s rows quantized to Q8_K: values, one scale per super-block, and per super-block the
-/// four pairs of sub-block sums `(Σ_{2t}, Σ_{2t+1})` packed as two i16 in one i32 (each sum
-/// is at most 32 · 127 in size).
-#[derive(Default)]
-struct XRow {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    pairs: Vec<i32>,
-}
-
-fn quantize_x(x: &[f32], k: usize) -> Vec<XRow> {
+/// `x`'s rows quantized to Q8_K by [`quantize_row`] (values, one scale per super-block, and
+/// the sum of each 32-value sub-block as i16), on the thread pool when `x` is large.
+fn quantize_x(x: &[f32], k: usize) -> Vec<QuantizedRow> {
     let rows = x.len() / k;
-    let mut out: Vec<XRow> = (0..rows).map(|_| XRow::default()).collect();
+    let mut out: Vec<QuantizedRow> = (0..rows)
+        .map(|_| QuantizedRow {
+            d: Vec::new(),
+            q: Vec::new(),
+            sums: Vec::new(),
+        })
+        .collect();
     let p = SharedOut(out.as_mut_ptr());
     let body = |range: std::ops::Range<usize>| {
         for r in range {
-            let qr = quantize_row(&x[r * k..(r + 1) * k], QK_K);
-            let pairs = qr
-                .sums
-                .chunks_exact(2)
-                .map(|s| (s[0] as u16 as u32 | ((s[1] as u16 as u32) << 16)) as i32)
-                .collect();
             // SAFETY: r < rows indexes inside `out`; each row is in one range and each range
             // goes to one thread, and `out` outlives the loop. The old (empty) value is
             // dropped by the assignment.
-            unsafe {
-                *p.ptr().add(r) = XRow {
-                    q: qr.q,
-                    d: qr.d,
-                    pairs,
-                }
-            };
+            unsafe { *p.ptr().add(r) = quantize_row(&x[r * k..(r + 1) * k], QK_K) };
         }
     };
     if x.len() < 1 << 15 {
@@ -217,7 +205,7 @@ mod avx2 {
     }
 
     /// The x rows `xr` (1 to 4) against one packed panel.
-    pub fn tile(p: &Panel, xr: &[XRow], nsb: usize, out: &mut [[f32; PANEL]; 4]) {
+    pub fn tile(p: &Panel, xr: &[QuantizedRow], nsb: usize, out: &mut [[f32; PANEL]; 4]) {
         let t = xr.len();
         assert!(
             (1..=4).contains(&t)
@@ -228,11 +216,11 @@ mod avx2 {
                 && p.dmin.len() >= nsb * PANEL
                 && xr.iter().all(|x| x.q.len() >= nsb * QK_K
                     && x.d.len() >= nsb
-                    && x.pairs.len() >= nsb * 4)
+                    && x.sums.len() >= nsb * 8)
                 && crate::kernels::qgemm::available(),
             "q4_k tile out of bounds"
         );
-        let xs: [&XRow; 4] = std::array::from_fn(|j| &xr[j.min(t - 1)]);
+        let xs: [&QuantizedRow; 4] = std::array::from_fn(|j| &xr[j.min(t - 1)]);
         // SAFETY: `available()` found avx2, fma and f16c; the assert keeps the `nsb` packed
         // super-blocks and the `nsb` super-blocks of each x row read in bounds (rows past `t`
         // repeat the last one and are not stored).
@@ -249,7 +237,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_n<const R: usize>(
         p: &Panel,
-        xs: [&XRow; 4],
+        xs: [&QuantizedRow; 4],
         nsb: usize,
         out: &mut [[f32; PANEL]; 4],
     ) {
@@ -287,7 +275,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn finish_super_block<const R: usize>(
         p: &Panel,
-        xs: &[&XRow; 4],
+        xs: &[&QuantizedRow; 4],
         sb: usize,
         isum: &[__m256i; R],
         acc: &mut [__m256; R],
@@ -296,7 +284,11 @@ mod avx2 {
         for t in 0..4 {
             let mn = _mm256_loadu_si256(p.mins.as_ptr().add((sb * 4 + t) * 16).cast());
             for r in 0..R {
-                let xp = _mm256_set1_epi32(*xs[r].pairs.get_unchecked(sb * 4 + t));
+                // Sums 2t and 2t + 1 of x's eight in this super-block, as the two i16
+                // halves of one i32 (little-endian: 2t in the low half), against mins 2t and
+                // 2t + 1 in `madd`'s pairs.
+                let pair = xs[r].sums.as_ptr().add(sb * 8 + 2 * t).cast::<i32>();
+                let xp = _mm256_set1_epi32(pair.read_unaligned());
                 msum[r] = _mm256_add_epi32(msum[r], _mm256_madd_epi16(mn, xp));
             }
         }
