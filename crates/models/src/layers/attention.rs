@@ -43,6 +43,21 @@ pub fn attention(
     if let Some(out) = crate::kernels::attn::decode_attention(q, k, v, mask, scale)? {
         return Ok(out);
     }
+    if let Some(out) = crate::kernels::attn::prefill_attention(q, k, v, mask, scale)? {
+        return Ok(out);
+    }
+    attention_reference(q, k, v, mask, scale)
+}
+
+/// [`attention_reference`], for the `attn_prefill` benchmark.
+#[doc(hidden)]
+pub fn attention_reference_for_bench(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     attention_reference(q, k, v, mask, scale)
 }
 
