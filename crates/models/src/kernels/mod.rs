@@ -4,6 +4,7 @@
 //! competing for the cores.
 
 pub mod attn;
+pub mod gemm;
 pub mod matvec;
 pub mod qgemm;
 pub mod qmatvec;
@@ -18,10 +19,11 @@ pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) 
     candle_core::utils::barrier_pool().execute_chunked(n_items, f)
 }
 
-/// `x · wᵀ` by [`matvec::matvec`] when it applies: both on the CPU, `w` a contiguous `(n, k)`
-/// f32/f16/bf16 matrix, at most [`matvec::MAX_ROWS`] rows in `x` (`(.., k)`), and no gradient
-/// wanted through either (training keeps candle's differentiable matmul). `None` otherwise,
-/// for the caller to use candle. The result has `x`'s dtype, like candle's.
+/// `x · wᵀ` by [`matvec::matvec`] (at most [`matvec::MAX_ROWS`] rows in `x`, `(.., k)`) or
+/// [`gemm::gemm_t`] (more rows, on CPUs it has a kernel for) when they apply: both on the CPU,
+/// `w` a contiguous `(n, k)` f32/f16/bf16 matrix, and no gradient wanted through either
+/// (training keeps candle's differentiable matmul). `None` otherwise, for the caller to use
+/// candle. The result has `x`'s dtype, like candle's.
 pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if !matches!(x.device(), Device::Cpu) || !matches!(w.device(), Device::Cpu) {
         return Ok(None);
@@ -37,7 +39,8 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let rows = x.elem_count() / k;
-    if rows == 0 || rows > matvec::MAX_ROWS {
+    let many = rows > matvec::MAX_ROWS;
+    if rows == 0 || (many && !gemm::available()) {
         return Ok(None);
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -53,7 +56,12 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
             Storage::Cpu(CpuStorage::BF16(v)) => matvec::Weights::BF16(&v[start..end]),
             _ => return Ok(None),
         };
-        matvec::matvec(weights, n, k, &xs, rows, &mut y).map_err(crate::ModelError::Input)?;
+        if many {
+            gemm::gemm_t(weights, n, k, &xs, rows, &mut y)
+        } else {
+            matvec::matvec(weights, n, k, &xs, rows, &mut y)
+        }
+        .map_err(crate::ModelError::Input)?;
     }
     let mut shape = dims.to_vec();
     if let Some(last) = shape.last_mut() {
@@ -269,24 +277,28 @@ mod tests {
         let w = crate::seeded_randn(1, 0.1, &[37, 70]);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let w = w.to_dtype(dtype).unwrap();
-            let x = crate::seeded_randn(2, 1.0, &[1, 3, 70])
-                .to_dtype(dtype)
-                .unwrap();
-            let got = dense_matmul_t(&x, &w).unwrap().expect("taken");
-            assert_eq!(got.dims(), &[1, 3, 37]);
-            assert_eq!(got.dtype(), dtype);
-            let want = x
-                .to_dtype(DType::F32)
-                .unwrap()
-                .broadcast_matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
-                .unwrap();
-            let tol = if dtype == DType::F32 { 1e-5 } else { 0.05 };
-            let d = crate::max_abs_diff(&got, &want).unwrap();
-            assert!(d < tol, "{dtype:?}: {d}");
+            // 3 rows: the matrix-vector kernel; 20 rows: the GEMM (where the CPU has it).
+            for rows in [3, 20] {
+                let x = crate::seeded_randn(2, 1.0, &[1, rows, 70])
+                    .to_dtype(dtype)
+                    .unwrap();
+                let Some(got) = dense_matmul_t(&x, &w).unwrap() else {
+                    assert!(rows > matvec::MAX_ROWS && !gemm::available());
+                    continue;
+                };
+                assert_eq!(got.dims(), &[1, rows, 37]);
+                assert_eq!(got.dtype(), dtype);
+                let want = x
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .broadcast_matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap();
+                let tol = if dtype == DType::F32 { 1e-5 } else { 0.05 };
+                let d = crate::max_abs_diff(&got, &want).unwrap();
+                assert!(d < tol, "{dtype:?}, {rows} rows: {d}");
+            }
         }
-        // Too many rows, a transposed (non-contiguous) weight, a variable being trained.
-        let x9 = crate::seeded_randn(3, 1.0, &[9, 70]);
-        assert!(dense_matmul_t(&x9, &w).unwrap().is_none());
+        // A transposed (non-contiguous) weight, a variable being trained.
         let wt = crate::seeded_randn(4, 1.0, &[70, 37]).t().unwrap();
         let x1 = crate::seeded_randn(5, 1.0, &[1, 70]);
         assert!(dense_matmul_t(&x1, &wt).unwrap().is_none());

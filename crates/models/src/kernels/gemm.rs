@@ -1,0 +1,421 @@
+//! Dense prefill: `y = x · wᵀ` for many rows of `x`, with `w` in f32, f16 or bf16 and every
+//! product summed in f32.
+//!
+//! candle multiplies dense weights with the `gemm` crate, which reaches about 65% of the
+//! FMA peak on these CPUs (a 512 × 1024 by 1024 × 3072 product on one Zen 4 core: 69-78
+//! GFLOP/s of 113; `examples/dense_mm.rs`), and widens bf16 weights to f32 in memory on every
+//! call. This is the textbook blocked GEMM (Goto, BLIS) with one AVX2+FMA micro-kernel:
+//!
+//! - `x` is packed once per call, in parallel, into panels of [`MR`] rows interleaved along
+//!   `k` (so the kernel broadcasts one value per row from consecutive addresses);
+//! - the weight rows are cut into units of [`NC`] output features, shared out over the thread
+//!   pool; a unit's rows are packed, [`KC`] values of `k` at a time, into panels of [`NR`]
+//!   features interleaved along `k` (widened from f16/bf16 here, once per call), which stay
+//!   in the L2 cache while every panel of `x` passes by;
+//! - the kernel keeps a 6 × 16 block of `y` in twelve registers over `KC` steps of two loads
+//!   and six broadcasts for twelve FMAs.
+//!
+//! Each output is summed in the same order (blocks of `KC`, each in order) whatever the thread
+//! count, so results do not depend on it.
+
+use super::matvec::{SharedOut, Weights};
+
+/// Rows of `x` per micro-kernel call.
+pub const MR: usize = 6;
+/// Output features (weight rows) per micro-kernel call.
+pub const NR: usize = 16;
+/// Steps along `k` per packed block.
+pub const KC: usize = 256;
+/// Output features per unit of work (and per packed weight block).
+pub const NC: usize = 128;
+
+/// Whether [`gemm_t`] has a kernel for this CPU (AVX2, FMA, F16C).
+pub fn available() -> bool {
+    super::qgemm::available()
+}
+
+/// `y[r·n + o] = Σ_j x[r·k + j] · w[o·k + j]` for `m` rows of `x`. Sizes that do not agree,
+/// or a CPU without [`available`], are refused (a caller's bug, never user input).
+pub fn gemm_t(
+    w: Weights,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    if w.len() != n * k || x.len() != m * k || y.len() != m * n {
+        return Err(format!(
+            "gemm sizes: weight {} for ({n}, {k}), x {} for {m} rows, y {}",
+            w.len(),
+            x.len(),
+            y.len()
+        ));
+    }
+    if !available() {
+        return Err("gemm_t needs AVX2, FMA and F16C".into());
+    }
+    if n == 0 || m == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    // x as panels: panel i, block b holds rows 6i..6i+6 (zero past m) for k in
+    // b·KC..b·KC+kc, at (i·k + b·KC)·MR, value (p, r) at + p·MR + r.
+    let panels = m.div_ceil(MR);
+    let mut xp = vec![0f32; panels * MR * k];
+    {
+        let out = SharedOut(xp.as_mut_ptr());
+        super::parallel_for(panels, |range| {
+            for i in range {
+                // SAFETY: panel i alone is written here, the values i·MR·k..(i+1)·MR·k of
+                // `xp` (length panels·MR·k), and each panel goes to one thread.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * MR * k), MR * k) };
+                pack_x(x, m, k, i * MR, dst);
+            }
+        });
+    }
+    let out = SharedOut(y.as_mut_ptr());
+    super::parallel_for(n.div_ceil(NC), |units| {
+        let mut wp = vec![0f32; NC * KC];
+        let mut tile = [0f32; MR * NR];
+        for u in units {
+            let o0 = u * NC;
+            let nc = NC.min(n - o0);
+            let strips = nc.div_ceil(NR);
+            for b0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - b0);
+                pack_w(w, k, o0, nc, b0, kc, &mut wp);
+                for i in 0..panels {
+                    let r0 = i * MR;
+                    let rows = MR.min(m - r0);
+                    let a = &xp[i * MR * k + b0 * MR..i * MR * k + (b0 + kc) * MR];
+                    for s in 0..strips {
+                        let c0 = o0 + s * NR;
+                        let cols = NR.min(n - c0);
+                        let b = &wp[s * NR * kc..(s + 1) * NR * kc];
+                        if rows == MR && cols == NR {
+                            // SAFETY: the kernel reads kc·MR values of `a` and kc·NR of `b`
+                            // (their lengths) and writes (adds to, past the first block) the
+                            // MR × NR block of `y` at (r0, c0) with row stride n: r0 + MR <= m
+                            // and c0 + NR <= n, so it is inside `y`, in the columns of unit u,
+                            // which only this thread writes.
+                            unsafe {
+                                avx2::kernel(
+                                    kc,
+                                    a.as_ptr(),
+                                    b.as_ptr(),
+                                    out.ptr().add(r0 * n + c0),
+                                    n,
+                                    b0 > 0,
+                                )
+                            };
+                            continue;
+                        }
+                        // SAFETY: as above, into `tile` (MR × NR, row stride NR).
+                        unsafe {
+                            avx2::kernel(kc, a.as_ptr(), b.as_ptr(), tile.as_mut_ptr(), NR, false)
+                        };
+                        for r in 0..rows {
+                            for (c, v) in tile[r * NR..r * NR + cols].iter().enumerate() {
+                                // SAFETY: r0 + r < m and c0 + c < n, so the index is inside
+                                // `y` (m·n, checked above). Unit u alone writes the columns
+                                // o0..o0+nc, and each unit goes to one thread.
+                                unsafe {
+                                    let p = out.ptr().add((r0 + r) * n + c0 + c);
+                                    *p = if b0 == 0 { *v } else { *p + *v };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Packs rows r0..r0+MR of `x` (zeros past m) as `pack_x`'s layout for every block of `k`.
+fn pack_x(x: &[f32], m: usize, k: usize, r0: usize, dst: &mut [f32]) {
+    for b0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - b0);
+        let blk = &mut dst[b0 * MR..(b0 + kc) * MR];
+        for r in 0..MR.min(m - r0) {
+            let row = &x[(r0 + r) * k + b0..(r0 + r) * k + b0 + kc];
+            for (p, v) in row.iter().enumerate() {
+                blk[p * MR + r] = *v;
+            }
+        }
+    }
+}
+
+/// Packs weight rows o0..o0+nc, values b0..b0+kc, as f32 strips of NR rows: strip s at
+/// s·NR·kc, value (p, j) at + p·NR + j, zeros for rows past nc.
+fn pack_w(w: Weights, k: usize, o0: usize, nc: usize, b0: usize, kc: usize, dst: &mut [f32]) {
+    let strips = nc.div_ceil(NR);
+    for s in 0..strips {
+        let strip = &mut dst[s * NR * kc..(s + 1) * NR * kc];
+        let rows = NR.min(nc - s * NR);
+        let mut done = 0;
+        if rows == NR {
+            // SAFETY: `available()` (checked by gemm_t) gives AVX2 and F16C; rows
+            // o0 + s·NR .. + NR of `w` have values b0..b0 + kc (b0 + kc <= k), and `strip`
+            // holds NR·kc values.
+            done = unsafe { avx2::pack_strip(w, k, o0 + s * NR, b0, kc, strip) };
+        } else {
+            strip.fill(0.0);
+        }
+        if done == kc {
+            continue;
+        }
+        for j in 0..rows {
+            let at = (o0 + s * NR + j) * k + b0;
+            let strip = &mut strip[done * NR..];
+            match w {
+                Weights::F32(w) => {
+                    for (p, v) in w[at + done..at + kc].iter().enumerate() {
+                        strip[p * NR + j] = *v;
+                    }
+                }
+                Weights::F16(w) => {
+                    for (p, v) in w[at + done..at + kc].iter().enumerate() {
+                        strip[p * NR + j] = v.to_f32();
+                    }
+                }
+                Weights::BF16(w) => {
+                    for (p, v) in w[at + done..at + kc].iter().enumerate() {
+                        strip[p * NR + j] = v.to_f32();
+                    }
+                }
+            }
+        }
+    }
+}
+
+mod avx2 {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// `c[r·ldc + j] (+)= Σ_p a[p·MR + r] · b[p·NR + j]` over p < kc, for r < MR, j < NR;
+    /// added to what `c` holds when `add`, else stored.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are available ([`super::available`]); `a` holds kc·MR values, `b`
+    /// kc·NR, and `c` the MR × NR block with row stride `ldc`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        tile: *mut f32,
+        ldc: usize,
+        add: bool,
+    ) {
+        use super::{MR, NR};
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        let step = |c: &mut [[__m256; 2]; MR], a: *const f32, b: *const f32| {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                cr[0] = _mm256_fmadd_ps(av, b0, cr[0]);
+                cr[1] = _mm256_fmadd_ps(av, b1, cr[1]);
+            }
+        };
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kc / 4 {
+            step(&mut c, ap, bp);
+            step(&mut c, ap.add(MR), bp.add(NR));
+            step(&mut c, ap.add(2 * MR), bp.add(2 * NR));
+            step(&mut c, ap.add(3 * MR), bp.add(3 * NR));
+            ap = ap.add(4 * MR);
+            bp = bp.add(4 * NR);
+        }
+        for _ in 0..kc % 4 {
+            step(&mut c, ap, bp);
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        for (r, cr) in c.iter().enumerate() {
+            let (p0, p1) = (tile.add(r * ldc), tile.add(r * ldc + 8));
+            if add {
+                _mm256_storeu_ps(p0, _mm256_add_ps(_mm256_loadu_ps(p0), cr[0]));
+                _mm256_storeu_ps(p1, _mm256_add_ps(_mm256_loadu_ps(p1), cr[1]));
+            } else {
+                _mm256_storeu_ps(p0, cr[0]);
+                _mm256_storeu_ps(p1, cr[1]);
+            }
+        }
+    }
+
+    /// Packs the first multiple of 8 of the kc values (from b0) of weight rows o..o+NR into
+    /// `strip` as (p, j) at p·NR + j, eight by eight through an in-register transpose, widening
+    /// f16/bf16. Returns how many values of each row it packed.
+    ///
+    /// # Safety
+    /// AVX2 and F16C are available; rows o..o+NR of `w` (row stride k) have values
+    /// b0..b0+kc, and `strip` holds NR·kc values.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn pack_strip(
+        w: super::Weights,
+        k: usize,
+        o: usize,
+        b0: usize,
+        kc: usize,
+        strip: &mut [f32],
+    ) -> usize {
+        use super::{Weights, NR};
+        let full = kc / 8 * 8;
+        for half in 0..2 {
+            let row0 = (o + half * 8) * k + b0;
+            for p0 in (0..full).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (j, rj) in r.iter_mut().enumerate() {
+                    let at = row0 + j * k + p0;
+                    *rj = match w {
+                        Weights::F32(w) => _mm256_loadu_ps(w[at..at + 8].as_ptr()),
+                        Weights::F16(w) => _mm256_cvtph_ps(_mm_loadu_si128(
+                            w[at..at + 8].as_ptr() as *const __m128i
+                        )),
+                        Weights::BF16(w) => {
+                            let h = _mm_loadu_si128(w[at..at + 8].as_ptr() as *const __m128i);
+                            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                        }
+                    };
+                }
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let cols = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (q, col) in cols.iter().enumerate() {
+                    let at = (p0 + q) * NR + half * 8;
+                    _mm256_storeu_ps(strip[at..at + 8].as_mut_ptr(), *col);
+                }
+            }
+        }
+        full
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn pack_strip(
+        _: super::Weights,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) -> usize {
+        0
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn kernel(
+        _: usize,
+        _: *const f32,
+        _: *const f32,
+        _: *mut f32,
+        _: usize,
+        _: bool,
+    ) {
+        unreachable!("gemm_t refuses CPUs without AVX2")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    fn lcg(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Sums in f64, so the kernel's f32 rounding is the only error.
+    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for r in 0..m {
+            for o in 0..n {
+                let s: f64 = (0..k)
+                    .map(|j| x[r * k + j] as f64 * w[o * k + j] as f64)
+                    .sum();
+                y[r * n + o] = s as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes_for_every_format() {
+        if !available() {
+            return;
+        }
+        // Partial row panels, partial feature strips and units, k below, at and past KC.
+        for &(m, n, k) in &[(9, 1, 1), (13, 131, 67), (33, 257, 300), (70, 300, 520)] {
+            let w = lcg(1 + n as u64, n * k);
+            let x = lcg(2 + m as u64, m * k);
+            let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let cases: [(Weights, Vec<f32>); 3] = [
+                (Weights::F32(&w), w.clone()),
+                (Weights::F16(&w16), w16.iter().map(|v| v.to_f32()).collect()),
+                (Weights::BF16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
+            ];
+            for (weights, widened) in cases {
+                let want = reference(&widened, n, k, &x, m);
+                let mut y = vec![f32::NAN; m * n];
+                gemm_t(weights, n, k, &x, m, &mut y).unwrap();
+                let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "({m}, {n}, {k}) {weights:?}: y[{i}] = {a}, want {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_mismatched_sizes() {
+        let w = vec![0f32; 6];
+        let mut y = vec![0f32; 4];
+        assert!(gemm_t(Weights::F32(&w), 2, 3, &[0.0; 5], 2, &mut y).is_err());
+    }
+}
