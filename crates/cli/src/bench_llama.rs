@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, QuantFormat, SeqInput};
+use pixlm_models::{HalfWeights, KvCache, LogitsWanted, Model, ModelConfig, QuantFormat, SeqInput};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -29,9 +29,19 @@ pub struct Format {
     llama_type: Option<&'static str>,
     /// pixlm's compute dtype and load-time quantization. The output head and token embedding
     /// are in the quantized type when there is one (pixlm's default, issue #6), else in the
-    /// compute dtype, in both engines.
+    /// weights' dtype, in both engines.
     dtype: DType,
     quant: Option<QuantFormat>,
+    /// The dtype dense weights are kept in, when not `dtype`: f16/bf16 weights with f32
+    /// activations, as pixlm runs a bf16 checkpoint by default and llama.cpp runs these files.
+    weights: Option<DType>,
+}
+
+impl Format {
+    /// The dtype of the dense weight matrices.
+    fn weight_dtype(&self) -> DType {
+        self.weights.unwrap_or(self.dtype)
+    }
 }
 
 pub const FORMATS: [Format; 5] = [
@@ -40,30 +50,35 @@ pub const FORMATS: [Format; 5] = [
         llama_type: None,
         dtype: DType::F32,
         quant: None,
+        weights: None,
     },
     Format {
         name: "f16",
         llama_type: Some("F16"),
-        dtype: DType::F16,
+        dtype: DType::F32,
         quant: None,
+        weights: Some(DType::F16),
     },
     Format {
         name: "bf16",
         llama_type: Some("BF16"),
-        dtype: DType::BF16,
+        dtype: DType::F32,
         quant: None,
+        weights: Some(DType::BF16),
     },
     Format {
         name: "q8_0",
         llama_type: Some("Q8_0"),
         dtype: DType::F32,
         quant: Some(QuantFormat::Q8_0),
+        weights: None,
     },
     Format {
         name: "q4_k",
         llama_type: Some("Q4_K"),
         dtype: DType::F32,
         quant: Some(QuantFormat::Q4K),
+        weights: None,
     },
 ];
 
@@ -279,7 +294,7 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
     let table = if f.quant.is_some() {
         ty.to_string()
     } else {
-        f.dtype.as_str().to_string()
+        f.weight_dtype().as_str().to_string()
     };
     let out = Command::new(bin.join("llama-quantize"))
         .arg("--pure")
@@ -314,7 +329,11 @@ fn pixlm_bench(
         f.dtype,
         Device::Cpu,
     );
-    let (model, _) = Model::from_var_builder_quantized(&vb, cfg, None, f.quant)?;
+    let half = match f.weights {
+        Some(t) => HalfWeights::All(t),
+        None => HalfWeights::None,
+    };
+    let (model, _) = Model::from_var_builder_with(&vb, cfg, None, f.quant, half)?;
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| 1000 + (i * 7919) % 100_000)
         .collect();
@@ -427,7 +446,7 @@ pub fn run(o: VsOptions) -> Result<i32> {
                 std::fs::remove_file(&path).ok();
             }
             let (ppp, ptg) = pixlm_bench(&mc, f, o.prompt, o.gen, o.reps)?;
-            let (linear, head) = weight_bytes(f.dtype, f.quant);
+            let (linear, head) = weight_bytes(f.weight_dtype(), f.quant);
             let bytes = active_weight_bytes(&mc, linear, head);
             let ceiling = bw / bytes;
             if o.json {

@@ -17,7 +17,7 @@ pub mod weights;
 pub use config::{ModelConfig, NeoConfig, TextConfig, VisionConfig};
 pub use error::{ModelError, Result};
 pub use kv::KvCache;
-pub use layers::linear::{LinearChoice, LinearReport, QuantFormat};
+pub use layers::linear::{HalfWeights, LinearChoice, LinearReport, QuantFormat};
 pub use neo::NeoSpecialIds;
 pub use transformer::{LogitsWanted, Positions, Trace};
 
@@ -174,19 +174,23 @@ impl Model {
             )?
         } else {
             let vb = weights::var_builder(path, opts.dtype, &opts.device)?;
-            match opts.quant {
-                None => (
-                    Self::from_var_builder(&vb, cfg, neo_ids)?,
-                    LinearReport::default(),
-                ),
-                Some(q) => {
-                    let mut loader = layers::linear::LinearLoader::new(Some(q), None);
-                    loader.dense_embeddings = opts.dense_embeddings;
-                    let loader = std::rc::Rc::new(loader);
-                    let m = loader.scope(|| Self::from_var_builder(&vb, cfg, neo_ids))?;
-                    (m, loader.take_report())
-                }
-            }
+            // Computing in f32 on the CPU, weights the checkpoint stores in bf16/f16 stay so.
+            let half = if opts.dtype == DType::F32 && opts.device.is_cpu() {
+                layers::linear::HalfWeights::Stored(weights::half_tensors(path)?)
+            } else {
+                layers::linear::HalfWeights::None
+            };
+            let mut loader = layers::linear::LinearLoader::new(opts.quant, None);
+            loader.dense_embeddings = opts.dense_embeddings;
+            loader.half = half;
+            let loader = std::rc::Rc::new(loader);
+            let m = loader.scope(|| Self::from_var_builder(&vb, cfg, neo_ids))?;
+            let report = if opts.quant.is_some() {
+                loader.take_report()
+            } else {
+                LinearReport::default()
+            };
+            (m, report)
         };
         if !report.layers.is_empty() {
             tracing::info!(
@@ -228,17 +232,33 @@ impl Model {
         neo_ids: Option<NeoSpecialIds>,
         quant: Option<QuantFormat>,
     ) -> Result<(Self, LinearReport)> {
-        match quant {
-            None => Ok((
+        Self::from_var_builder_with(vb, cfg, neo_ids, quant, layers::linear::HalfWeights::None)
+    }
+
+    /// As [`Model::from_var_builder_quantized`], keeping `half` dense weights in f16/bf16.
+    pub fn from_var_builder_with(
+        vb: &candle_nn::VarBuilder,
+        cfg: &ModelConfig,
+        neo_ids: Option<NeoSpecialIds>,
+        quant: Option<QuantFormat>,
+        half: layers::linear::HalfWeights,
+    ) -> Result<(Self, LinearReport)> {
+        if quant.is_none() && matches!(half, layers::linear::HalfWeights::None) {
+            return Ok((
                 Self::from_var_builder(vb, cfg, neo_ids)?,
                 LinearReport::default(),
-            )),
-            Some(q) => {
-                let loader = std::rc::Rc::new(layers::linear::LinearLoader::new(Some(q), None));
-                let m = loader.scope(|| Self::from_var_builder(vb, cfg, neo_ids))?;
-                Ok((m, loader.take_report()))
-            }
+            ));
         }
+        let mut loader = layers::linear::LinearLoader::new(quant, None);
+        loader.half = half;
+        let loader = std::rc::Rc::new(loader);
+        let m = loader.scope(|| Self::from_var_builder(vb, cfg, neo_ids))?;
+        let report = if quant.is_some() {
+            loader.take_report()
+        } else {
+            LinearReport::default()
+        };
+        Ok((m, report))
     }
 
     /// Runs one packed forward over every sequence of `batch`, appending to their caches.

@@ -92,7 +92,24 @@ pub fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuild
 
 /// Parses a safetensors header to give a clear error for a truncated or non-safetensors file
 /// before candle maps it.
-fn check_header(path: &Path) -> Result<()> {
+/// The stored dtype of every f16 or bf16 tensor of the checkpoint in `dir`, by name (the
+/// safetensors headers; [`var_builder`] has checked them).
+pub fn half_tensors(dir: &Path) -> Result<std::collections::HashMap<String, DType>> {
+    let mut out = std::collections::HashMap::new();
+    for f in safetensors_files(dir)? {
+        for (name, dtype) in check_header(&f)? {
+            match dtype.as_str() {
+                "BF16" => out.insert(name, DType::BF16),
+                "F16" => out.insert(name, DType::F16),
+                _ => None,
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a safetensors file's header; returns each tensor's name and stored dtype.
+fn check_header(path: &Path) -> Result<Vec<(String, String)>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::Io {
         path: path.to_path_buf(),
@@ -124,6 +141,7 @@ fn check_header(path: &Path) -> Result<()> {
         .as_object()
         .ok_or_else(|| bad("header is not a JSON object".into()))?;
     let data_len = len - 8 - hlen;
+    let mut dtypes = Vec::with_capacity(obj.len());
     for (name, t) in obj {
         if name == "__metadata__" {
             continue;
@@ -139,8 +157,10 @@ fn check_header(path: &Path) -> Result<()> {
                 "truncated: tensor {name} ends at byte {end} but the data section has {data_len}"
             )));
         }
+        let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        dtypes.push((name.clone(), dtype.to_string()));
     }
-    Ok(())
+    Ok(dtypes)
 }
 
 /// Fetches a tensor by its checkpoint name, turning candle's error into one that names it.

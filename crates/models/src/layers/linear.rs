@@ -8,7 +8,9 @@
 //! Which variant `load` builds is decided in one place, the [`LinearLoader`] that
 //! [`crate::Model::load`] installs for the duration of a load (from `LoadOptions::quant`, or the
 //! tensors a GGUF file stores quantized). Without a loader (training, `from_var_builder`), every
-//! layer is dense, exactly as before. The loader travels beside the `VarBuilder` in a scoped
+//! layer is dense, exactly as before. A dense layer's weight is in the compute dtype, except
+//! that under f32 on the CPU the loader keeps bf16/f16 checkpoint weights in their stored type
+//! ([`HalfWeights`]); pixlm's kernels widen them in registers (`kernels::dense_matmul_t`). The loader travels beside the `VarBuilder` in a scoped
 //! thread-local rather than through every model constructor, so the architecture files keep
 //! their `(vb, in, out, name)` calls and no model special-cases a format.
 //!
@@ -28,7 +30,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::weights;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -171,6 +173,19 @@ impl LinearReport {
     }
 }
 
+/// Which dense weights [`LinearLoader`] keeps in f16/bf16 under an f32 `VarBuilder`.
+#[derive(Clone, Debug, Default)]
+pub enum HalfWeights {
+    /// None: every weight in the compute dtype.
+    #[default]
+    None,
+    /// Every dense weight matrix in this type (benchmarks of a format).
+    All(DType),
+    /// Those the checkpoint stores in f16 or bf16, by full name (`weights::half_tensors`):
+    /// widening them to f32 is exact, so narrowing back loses nothing.
+    Stored(std::collections::HashMap<String, DType>),
+}
+
 /// Decides how [`Linear::load`] builds each layer during one model load.
 #[derive(Default)]
 pub struct LinearLoader {
@@ -178,6 +193,9 @@ pub struct LinearLoader {
     pub quant: Option<QuantFormat>,
     /// Keep [`WeightRole::Embedding`] weights dense even when `quant` is set.
     pub dense_embeddings: bool,
+    /// Dense weights that stay in a half-precision type while the model computes in f32
+    /// (pixlm's CPU kernels widen them in registers: the same values in half the bytes).
+    pub half: HalfWeights,
     /// A GGUF file whose quantized tensors are taken as they are stored.
     pub gguf: Option<Arc<GgufFile>>,
     /// Keep the quantized weights in the report (for writing them out).
@@ -299,6 +317,17 @@ impl Linear {
             }
         }
         let weight = dense()?;
+        let half = match &loader.half {
+            HalfWeights::None => None,
+            HalfWeights::All(t) => Some(*t),
+            HalfWeights::Stored(names) => names.get(&full).copied(),
+        };
+        let keep = |w: Tensor| -> Result<Tensor> {
+            Ok(match half {
+                Some(t) if w.dtype() == DType::F32 && w.device().is_cpu() => w.to_dtype(t)?,
+                _ => w,
+            })
+        };
         let decided = if role == WeightRole::Embedding && loader.dense_embeddings {
             Err("embeddings kept dense (--dense-embeddings)".to_string())
         } else {
@@ -308,7 +337,7 @@ impl Linear {
             Ok(ty) => ty,
             Err(why) => {
                 loader.record(full, LinearChoice::Dense(why), None);
-                return Ok(Linear::Dense(weight));
+                return Ok(Linear::Dense(keep(weight)?));
             }
         };
         if loader.plan_only {
@@ -370,6 +399,11 @@ impl Linear {
         match self {
             Linear::Dense(w) => match crate::kernels::dense_matmul_t(x, w)? {
                 Some(y) => Ok(y),
+                // A weight kept in half precision under f32 compute, where pixlm's kernels
+                // do not apply (a CPU without AVX2, many rows): widened for this product.
+                None if w.dtype() != x.dtype() => {
+                    Ok(candle_nn::Linear::new(w.to_dtype(x.dtype())?, None).forward(x)?)
+                }
                 None => Ok(candle_nn::Linear::new(w.clone(), None).forward(x)?),
             },
             Linear::Quantized(q) => {
