@@ -105,6 +105,7 @@ impl ComputeArgs {
             dtype,
             quant,
             dense_embeddings: self.dense_embeddings,
+            widen_half: false,
         })
     }
 }

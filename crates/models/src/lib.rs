@@ -128,6 +128,10 @@ pub struct LoadOptions {
     pub quant: Option<QuantFormat>,
     /// With `quant`, keep token embeddings, the output head and the patch embedding in `dtype`.
     pub dense_embeddings: bool,
+    /// Widen bf16/f16 checkpoint weights to f32 at load (for comparisons). By default, under
+    /// f32 on the CPU they stay as stored: the kernels widen them in registers, to the same
+    /// values, so results are unchanged in half the memory.
+    pub widen_half: bool,
 }
 
 impl Default for LoadOptions {
@@ -137,6 +141,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quant: None,
             dense_embeddings: false,
+            widen_half: false,
         }
     }
 }
@@ -175,7 +180,7 @@ impl Model {
         } else {
             let vb = weights::var_builder(path, opts.dtype, &opts.device)?;
             // Computing in f32 on the CPU, weights the checkpoint stores in bf16/f16 stay so.
-            let half = if opts.dtype == DType::F32 && opts.device.is_cpu() {
+            let half = if opts.dtype == DType::F32 && opts.device.is_cpu() && !opts.widen_half {
                 layers::linear::HalfWeights::Stored(weights::half_tensors(path)?)
             } else {
                 layers::linear::HalfWeights::None

@@ -298,6 +298,10 @@ impl Backbone {
     pub fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
+    /// The output head (the token embedding when tied).
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
 
     /// Token embeddings (N, hidden) for ids; an id past the embedding table is an error.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {

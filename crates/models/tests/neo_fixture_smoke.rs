@@ -237,3 +237,68 @@ fn prefix_of_a_cache_continues_like_a_full_prefill() {
     assert_eq!(cont.len(), ids.len());
     assert!(first.prefix(0, 1).is_err() && first.prefix(end + 4, 1).is_err());
 }
+
+/// The fixture stores bf16 weights. Kept as stored under f32 compute (the default) they must
+/// give exactly the logits of the same weights widened to f32 at load: a prompt (the GEMM and
+/// prefill attention) and decode steps (the matrix-vector kernels).
+#[test]
+fn bf16_weights_kept_as_stored_give_the_widened_logits() {
+    let Some(fx) = fixtures() else {
+        eprintln!("fixtures not found; skipping");
+        return;
+    };
+    let (kept, sp) = neo_tiny(&fx);
+    let dir = fx.join("neo-tiny/model");
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let opts = pixlm_models::LoadOptions {
+        widen_half: true,
+        ..Default::default()
+    };
+    let widened = Model::load(&dir, &cfg, Some(sp), &opts).unwrap();
+    let head_dtype = |m: &Model| m.backbone().lm_head().dense_weight().unwrap().dtype();
+    assert_eq!(head_dtype(&kept), DType::BF16);
+    assert_eq!(head_dtype(&widened), DType::F32);
+    let (ids, images) = case_inputs(&fx, "single_image");
+    let run = |m: &Model| -> Vec<Vec<f32>> {
+        let mut cache = KvCache::new();
+        let mut out = Vec::new();
+        let mut step_ids = ids.clone();
+        let mut imgs = images.clone();
+        for step in 0..4 {
+            let logits = m
+                .forward(
+                    &mut [SeqInput {
+                        ids: &step_ids,
+                        images: &imgs,
+                        decode: step > 0,
+                        cache: &mut cache,
+                        logits: LogitsWanted::All,
+                    }],
+                    None,
+                )
+                .unwrap()
+                .pop()
+                .flatten()
+                .unwrap();
+            let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+            let next = rows
+                .last()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            out.extend(rows);
+            step_ids = vec![next];
+            imgs.clear();
+        }
+        out
+    };
+    let (a, b) = (run(&kept), run(&widened));
+    assert_eq!(a.len(), ids.len() + 3);
+    assert_eq!(
+        a, b,
+        "logits differ between kept-bf16 and widened-f32 weights"
+    );
+}

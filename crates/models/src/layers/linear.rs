@@ -296,7 +296,7 @@ impl Linear {
                 "{name}: stored shape {stored:?} is not a ({out_dim}, {in_dim}) matrix"
             )));
         }
-        let dense = || -> Result<Tensor> {
+        let dense_as = |vb: &VarBuilder| -> Result<Tensor> {
             let w = weights::get(&vb.pp(name), stored.clone(), "weight", init)?;
             Ok(if w.rank() == 2 {
                 w
@@ -305,6 +305,7 @@ impl Linear {
             })
         };
         let loader = LOADER.with(|l| l.borrow().clone());
+        let dense = || dense_as(vb);
         let Some(loader) = loader else {
             return Ok(Linear::Dense(dense()?));
         };
@@ -316,18 +317,6 @@ impl Linear {
                 return Ok(Linear::Quantized(q));
             }
         }
-        let weight = dense()?;
-        let half = match &loader.half {
-            HalfWeights::None => None,
-            HalfWeights::All(t) => Some(*t),
-            HalfWeights::Stored(names) => names.get(&full).copied(),
-        };
-        let keep = |w: Tensor| -> Result<Tensor> {
-            Ok(match half {
-                Some(t) if w.dtype() == DType::F32 && w.device().is_cpu() => w.to_dtype(t)?,
-                _ => w,
-            })
-        };
         let decided = if role == WeightRole::Embedding && loader.dense_embeddings {
             Err("embeddings kept dense (--dense-embeddings)".to_string())
         } else {
@@ -336,10 +325,23 @@ impl Linear {
         let ty = match decided {
             Ok(ty) => ty,
             Err(why) => {
+                let half = match &loader.half {
+                    HalfWeights::None => None,
+                    HalfWeights::All(t) => Some(*t),
+                    HalfWeights::Stored(names) => names.get(&full).copied(),
+                };
+                // Read in the stored type itself (no round trip through f32).
+                let weight = match half {
+                    Some(t) if vb.dtype() == DType::F32 && vb.device().is_cpu() => {
+                        dense_as(&vb.to_dtype(t))?
+                    }
+                    _ => dense()?,
+                };
                 loader.record(full, LinearChoice::Dense(why), None);
-                return Ok(Linear::Dense(keep(weight)?));
+                return Ok(Linear::Dense(weight));
             }
         };
+        let weight = dense()?;
         if loader.plan_only {
             loader.record(full, LinearChoice::Quantized(ty), None);
             return Ok(Linear::Dense(weight));
