@@ -6,7 +6,9 @@
 #
 # DIR gets: venv/ (cmake and ninja from PyPI, so no system cmake is needed), the sdist, its
 # unpacked source, and bin/ with the two tools. Native CPU flags (GGML_NATIVE), as pixlm's own
-# build uses target-cpu=native. Set LLAMA_CPP_PYTHON_VERSION to pin another release.
+# build uses target-cpu=native. Set LLAMA_CPP_PYTHON_VERSION to pin another release, and
+# LLAMA_CPP_MARCH (e.g. znver3) to build for that CPU instead of this one (to compare with a
+# pixlm built with RUSTFLAGS="-C target-cpu=znver3"; use its own DIR).
 set -euo pipefail
 DIR="${1:-${PIXLM_LLAMA_CPP_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pixlm/llama.cpp}}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -41,7 +43,12 @@ fi
 SRC="llama_cpp_python-$VERSION/vendor/llama.cpp"
 [ -d "$SRC" ] || tar xzf "sdist/$SDIST"
 export PATH="$DIR/venv/bin:$PATH"
-cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+CPU_FLAGS=(-DGGML_NATIVE=ON)
+if [ -n "${LLAMA_CPP_MARCH:-}" ]; then
+  CPU_FLAGS=(-DGGML_NATIVE=OFF "-DCMAKE_C_FLAGS=-march=$LLAMA_CPP_MARCH"
+    "-DCMAKE_CXX_FLAGS=-march=$LLAMA_CPP_MARCH")
+fi
+cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release "${CPU_FLAGS[@]}" \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF >/dev/null
 ninja -C "$SRC/build" llama-bench llama-quantize
