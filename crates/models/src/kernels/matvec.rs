@@ -66,21 +66,35 @@ pub fn matvec(
     if n == 0 || rows == 0 {
         return Ok(());
     }
-    let dot = dot4_kernel();
+    let (dot, dot_pair) = dot4_kernel();
     let out = SharedOut(y.as_mut_ptr());
     let groups = n.div_ceil(4);
     let body = |range: std::ops::Range<usize>| {
         for g in range {
             let o0 = g * 4;
             let m = (n - o0).min(4);
-            for r in 0..rows {
-                let d = dot(w, o0, m, k, &x[r * k..(r + 1) * k]);
-                for (i, v) in d.iter().take(m).enumerate() {
-                    // SAFETY: r < rows and o0 + i < n, so the index is inside `y` (length
-                    // rows·n, checked above); group g alone writes outputs o0..o0+m, and each
-                    // group is handed to exactly one thread, so no two writes alias.
-                    unsafe { *out.ptr().add(r * n + o0 + i) = *v };
+            let mut r = 0;
+            while r < rows {
+                // Two x rows per pass widen each weight once for both; each row's sums are
+                // the single-row kernel's, in its order, so a row's bits do not depend on
+                // what shares its pass.
+                let (d, both) = if r + 1 < rows {
+                    let xs = &x[r * k..(r + 2) * k];
+                    (dot_pair(w, o0, m, k, &xs[..k], &xs[k..]), 2)
+                } else {
+                    let d = dot(w, o0, m, k, &x[r * k..(r + 1) * k]);
+                    ([d, [0.0; 4]], 1)
+                };
+                for (dr, d) in d.iter().take(both).enumerate() {
+                    for (i, v) in d.iter().take(m).enumerate() {
+                        // SAFETY: r + dr < rows and o0 + i < n, so the index is inside `y`
+                        // (length rows·n, checked above); group g alone writes outputs
+                        // o0..o0+m, and each group is handed to exactly one thread, so no two
+                        // writes alias.
+                        unsafe { *out.ptr().add((r + dr) * n + o0 + i) = *v };
+                    }
                 }
+                r += both;
             }
         }
     };
@@ -107,18 +121,21 @@ impl<T> SharedOut<T> {
     }
 }
 
-/// The fastest dot-product kernel this CPU runs.
-fn dot4_kernel() -> Dot4 {
+/// [`Dot4`] for two x rows at once.
+type Dot4Pair = fn(Weights, usize, usize, usize, &[f32], &[f32]) -> [[f32; 4]; 2];
+
+/// The fastest dot-product kernels this CPU runs (one x row, two x rows).
+fn dot4_kernel() -> (Dot4, Dot4Pair) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
             && std::is_x86_feature_detected!("f16c")
         {
-            return avx2::dot4;
+            return (avx2::dot4, avx2::dot4_pair);
         }
     }
-    scalar::dot4
+    (scalar::dot4, scalar::dot4_pair)
 }
 
 /// Rows `o0..o0+4` of the weights, the last one repeated when `m < 4` (so every pointer is in
@@ -147,6 +164,17 @@ pub(crate) mod scalar {
             acc
         })
     }
+
+    pub fn dot4_pair(
+        w: Weights,
+        o0: usize,
+        m: usize,
+        k: usize,
+        x0: &[f32],
+        x1: &[f32],
+    ) -> [[f32; 4]; 2] {
+        [dot4(w, o0, m, k, x0), dot4(w, o0, m, k, x1)]
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -165,6 +193,31 @@ mod avx2 {
                 Weights::F32(v) => dot4_f32(v.as_ptr(), s, k, x.as_ptr()),
                 Weights::F16(v) => dot4_f16(v.as_ptr().cast(), s, k, x.as_ptr()),
                 Weights::BF16(v) => dot4_bf16(v.as_ptr().cast(), s, k, x.as_ptr()),
+            }
+        }
+    }
+
+    pub fn dot4_pair(
+        w: Weights,
+        o0: usize,
+        m: usize,
+        k: usize,
+        x0: &[f32],
+        x1: &[f32],
+    ) -> [[f32; 4]; 2] {
+        let s = row_starts(o0, m, k);
+        assert!(
+            x0.len() >= k && x1.len() >= k && s[3] + k <= w.len(),
+            "dot4_pair out of bounds"
+        );
+        // SAFETY: as in `dot4`, for both x rows.
+        unsafe {
+            match w {
+                Weights::F32(v) => dot4_pair_f32(v.as_ptr(), s, k, x0.as_ptr(), x1.as_ptr()),
+                Weights::F16(v) => dot4_pair_f16(v.as_ptr().cast(), s, k, x0.as_ptr(), x1.as_ptr()),
+                Weights::BF16(v) => {
+                    dot4_pair_bf16(v.as_ptr().cast(), s, k, x0.as_ptr(), x1.as_ptr())
+                }
             }
         }
     }
@@ -249,6 +302,64 @@ mod avx2 {
             }
         };
     }
+
+    /// `dot4_impl` for two x rows: each weight vector is loaded and widened once and meets
+    /// both rows; each row's accumulators, steps and tail are `dot4_impl`'s, in its order.
+    macro_rules! dot4_pair_impl {
+        ($name:ident, $t:ty, $load:ident, $widen:ident) => {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn $name(
+                w: *const $t,
+                s: [usize; 4],
+                k: usize,
+                x0: *const f32,
+                x1: *const f32,
+            ) -> [[f32; 4]; 2] {
+                let mut out = [[0f32; 4]; 2];
+                for i in 0..4 {
+                    let p = w.add(s[i]);
+                    let mut a = [_mm256_setzero_ps(); 4];
+                    let mut b = [_mm256_setzero_ps(); 4];
+                    let mut j = 0;
+                    while j + 32 <= k {
+                        for u in 0..4 {
+                            let wv = $load(p.add(j + 8 * u));
+                            a[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0.add(j + 8 * u)), a[u]);
+                            b[u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1.add(j + 8 * u)), b[u]);
+                        }
+                        j += 32;
+                    }
+                    while j + 8 <= k {
+                        let wv = $load(p.add(j));
+                        a[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0.add(j)), a[0]);
+                        b[0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1.add(j)), b[0]);
+                        j += 8;
+                    }
+                    let mut acc0 = hsum(_mm256_add_ps(
+                        _mm256_add_ps(a[0], a[1]),
+                        _mm256_add_ps(a[2], a[3]),
+                    ));
+                    let mut acc1 = hsum(_mm256_add_ps(
+                        _mm256_add_ps(b[0], b[1]),
+                        _mm256_add_ps(b[2], b[3]),
+                    ));
+                    while j < k {
+                        let wj = $widen(*p.add(j));
+                        acc0 += wj * *x0.add(j);
+                        acc1 += wj * *x1.add(j);
+                        j += 1;
+                    }
+                    out[0][i] = acc0;
+                    out[1][i] = acc1;
+                }
+                out
+            }
+        };
+    }
+
+    dot4_pair_impl!(dot4_pair_f32, f32, load_f32, widen_f32);
+    dot4_pair_impl!(dot4_pair_f16, u16, load_f16, widen_f16);
+    dot4_pair_impl!(dot4_pair_bf16, u16, load_bf16, widen_bf16);
 
     dot4_impl!(dot4_f32, f32, load_f32, widen_f32);
     dot4_impl!(dot4_f16, u16, load_f16, widen_f16);
@@ -339,6 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn each_row_gets_its_own_bits_whatever_shares_its_pass() {
+        // Rows go through the kernels in pairs (the last alone when odd): every row must come
+        // out as it does alone, in every format, tails (k % 32, k % 8) included.
+        let (n, k) = (37, 75);
+        let w = data(11, n * k);
+        let x = data(12, 5 * k);
+        let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        for weights in [Weights::F32(&w), Weights::F16(&h), Weights::BF16(&b)] {
+            crate::kernels::test_data::assert_rows_alone_match(n, k, &x, |x, rows, y| {
+                matvec(weights, n, k, x, rows, y).unwrap()
+            });
+        }
+    }
+
+    #[test]
     fn same_result_whatever_the_split() {
         // Large enough to go through the pool; each output must equal its own single dot.
         let (n, k, rows) = (1000, 96, 2);
@@ -346,7 +473,7 @@ mod tests {
         let x = data(6, rows * k);
         let mut y = vec![0f32; rows * n];
         matvec(Weights::BF16(&w), n, k, &x, rows, &mut y).unwrap();
-        let dot = dot4_kernel();
+        let (dot, _) = dot4_kernel();
         for r in 0..rows {
             for o in 0..n {
                 let d = dot(Weights::BF16(&w), o, 1, k, &x[r * k..(r + 1) * k]);
