@@ -19,6 +19,30 @@ pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) 
     candle_core::utils::barrier_pool().execute_chunked(n_items, f)
 }
 
+/// A contiguous CPU f32 tensor's values, borrowed (the storage stays read-locked meanwhile).
+pub(crate) struct F32View<G> {
+    guard: G,
+    range: Option<(usize, usize)>,
+}
+
+impl<G: std::ops::Deref<Target = Storage>> F32View<G> {
+    /// The values, or `None` when the tensor is not a contiguous CPU f32 one.
+    pub(crate) fn get(&self) -> Option<&[f32]> {
+        let (start, end) = self.range?;
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => v.get(start..end),
+            _ => None,
+        }
+    }
+}
+
+/// Borrows `t`'s values (see [`F32View::get`]).
+pub(crate) fn cpu_f32(t: &Tensor) -> F32View<impl std::ops::Deref<Target = Storage> + '_> {
+    let (guard, layout) = t.storage_and_layout();
+    let range = layout.contiguous_offsets();
+    F32View { guard, range }
+}
+
 /// `x · wᵀ` by [`matvec::matvec`] (at most [`matvec::MAX_ROWS`] rows in `x`, `(.., k)`) or
 /// [`gemm::gemm_t`] (more rows, on CPUs it has a kernel for) when they apply: both on the CPU,
 /// `w` a contiguous `(n, k)` f32/f16/bf16 matrix, and no gradient wanted through either

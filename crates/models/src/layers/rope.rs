@@ -37,6 +37,9 @@ pub fn tables(positions: &[i64], inv_freq: &[f32], device: &Device) -> Result<(T
 
 /// Rotate-half RoPE. `x`: (n, heads, d); `cos`/`sin`: (n, d/2) f32.
 pub fn rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(y) = rotate_half_f32(x, cos, sin)? {
+        return Ok(y);
+    }
     let d = x.dim(D::Minus1)?;
     let half = d / 2;
     let dtype = x.dtype();
@@ -47,6 +50,49 @@ pub fn rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
     let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
     Ok(Tensor::cat(&[a, b], D::Minus1)?)
+}
+
+/// [`rotate_half`] in one pass for f32 on the CPU without gradients (each decode step ran its
+/// ten tensor operations twice per layer); the same products, differences and sums, so the
+/// same bits. `None` where it does not apply.
+fn rotate_half_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
+    if !(cpu_f32(x) && cpu_f32(cos) && cpu_f32(sin)) {
+        return Ok(None);
+    }
+    let Ok((n, heads, d)) = x.dims3() else {
+        return Ok(None);
+    };
+    let half = d / 2;
+    if d % 2 != 0 || cos.dims() != [n, half] || sin.dims() != [n, half] {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    let mut out = vec![0f32; n * heads * d];
+    {
+        let (xs, cs, ss) = (
+            crate::kernels::cpu_f32(&x),
+            crate::kernels::cpu_f32(&cos),
+            crate::kernels::cpu_f32(&sin),
+        );
+        let (Some(xs), Some(cs), Some(ss)) = (xs.get(), cs.get(), ss.get()) else {
+            return Ok(None);
+        };
+        for (r, rows) in out.chunks_exact_mut(heads * d).enumerate() {
+            let (c, s) = (&cs[r * half..(r + 1) * half], &ss[r * half..(r + 1) * half]);
+            for (h, o) in rows.chunks_exact_mut(d).enumerate() {
+                let at = (r * heads + h) * d;
+                let (x1, x2) = xs[at..at + d].split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for i in 0..half {
+                    o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                    o2[i] = x2[i] * c[i] + x1[i] * s[i];
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(out, (n, heads, d), x.device())?))
 }
 
 /// Interleaved RoPE. `x`: (n, d); `cos`/`sin`: (n, d/2) — pair (2i, 2i+1) uses column i.
@@ -78,6 +124,17 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(y, vec![-3., 2., 1., 4.]);
+    }
+
+    #[test]
+    fn one_pass_rotate_half_has_the_tensor_ops_bits() {
+        let x = crate::seeded_randn(1, 1.0, &[5, 3, 8]);
+        let t = tables(&[0, 3, 7, 100, 9000], &inv_freq(8, 1e6), &Device::Cpu).unwrap();
+        let fused = rotate_half(&x, &t.0, &t.1).unwrap();
+        // The tensor-op path, taken for a tensor that tracks gradients.
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let ops = rotate_half(var.as_tensor(), &t.0, &t.1).unwrap();
+        assert_eq!(crate::max_abs_diff(&fused, &ops).unwrap(), 0.0);
     }
 
     #[test]
