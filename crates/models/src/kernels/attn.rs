@@ -92,6 +92,74 @@ fn view<'a>(s: &'a Storage, l: &candle_core::Layout, d: usize) -> Option<View<'a
     })
 }
 
+/// What both attention kernels take from their arguments: the sizes, the queries and the
+/// mask as f32.
+struct Args {
+    n: usize,
+    n_heads: usize,
+    d: usize,
+    n_kv: usize,
+    n_keys: usize,
+    dv: usize,
+    group: usize,
+    qs: Vec<f32>,
+    mask: Option<Vec<f32>>,
+}
+
+impl Args {
+    /// `None` unless the kernels apply: on the CPU, no gradients, 1 to `max_queries` query
+    /// rows, at least one key, query heads a multiple of the kv heads, K and V of one dtype
+    /// with their last dimension contiguous, and a mask (if any) of (n, n_keys).
+    fn take(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        max_queries: usize,
+    ) -> Result<Option<Args>> {
+        if !matches!(k.device(), Device::Cpu) || q.track_op() || k.track_op() || v.track_op() {
+            return Ok(None);
+        }
+        let (n, n_heads, d) = q.dims3()?;
+        let (n_kv, n_keys, dk) = k.dims3()?;
+        let (n_kv_v, n_keys_v, dv) = v.dims3()?;
+        if n == 0
+            || n > max_queries
+            || n_keys == 0
+            || d == 0
+            || dv == 0
+            || dk != d
+            || n_kv_v != n_kv
+            || n_keys_v != n_keys
+            || n_kv == 0
+            || !n_heads.is_multiple_of(n_kv)
+            || k.dtype() != v.dtype()
+            || k.stride()[2] != 1
+            || v.stride()[2] != 1
+        {
+            return Ok(None);
+        }
+        let mask = match mask {
+            Some(m) if m.dims() == [n, n_keys] => {
+                Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+            }
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        Ok(Some(Args {
+            n,
+            n_heads,
+            d,
+            n_kv,
+            n_keys,
+            dv,
+            group: n_heads / n_kv,
+            qs: q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            mask,
+        }))
+    }
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent sums, so the compiler keeps them in one vector register.
     let mut acc = [0f32; 8];
@@ -121,33 +189,19 @@ pub fn decode_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    if !matches!(k.device(), Device::Cpu) || q.track_op() || k.track_op() || v.track_op() {
+    let Some(Args {
+        n,
+        n_heads,
+        d,
+        n_kv,
+        n_keys,
+        dv,
+        group,
+        qs,
+        mask,
+    }) = Args::take(q, k, v, mask, MAX_QUERIES)?
+    else {
         return Ok(None);
-    }
-    let (n, n_heads, d) = q.dims3()?;
-    let (n_kv, n_keys, dk) = k.dims3()?;
-    let (n_kv_v, n_keys_v, dv) = v.dims3()?;
-    if n == 0
-        || n > MAX_QUERIES
-        || dk != d
-        || n_kv_v != n_kv
-        || n_keys_v != n_keys
-        || n_kv == 0
-        || !n_heads.is_multiple_of(n_kv)
-        || k.dtype() != v.dtype()
-        || k.stride()[2] != 1
-        || v.stride()[2] != 1
-    {
-        return Ok(None);
-    }
-    let group = n_heads / n_kv;
-    let qs: Vec<f32> = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mask: Option<Vec<f32>> = match mask {
-        Some(m) if m.dims() == [n, n_keys] => {
-            Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-        }
-        Some(_) => return Ok(None),
-        None => None,
     };
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -245,35 +299,19 @@ pub fn prefill_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Option<Tensor>> {
-    if !matches!(k.device(), Device::Cpu) || q.track_op() || k.track_op() || v.track_op() {
+    let Some(Args {
+        n,
+        n_heads,
+        d,
+        n_kv,
+        n_keys,
+        dv,
+        group,
+        qs,
+        mask,
+    }) = Args::take(q, k, v, mask, usize::MAX)?
+    else {
         return Ok(None);
-    }
-    let (n, n_heads, d) = q.dims3()?;
-    let (n_kv, n_keys, dk) = k.dims3()?;
-    let (n_kv_v, n_keys_v, dv) = v.dims3()?;
-    if n == 0
-        || n_keys == 0
-        || d == 0
-        || dv == 0
-        || dk != d
-        || n_kv_v != n_kv
-        || n_keys_v != n_keys
-        || n_kv == 0
-        || !n_heads.is_multiple_of(n_kv)
-        || k.dtype() != v.dtype()
-        || k.stride()[2] != 1
-        || v.stride()[2] != 1
-    {
-        return Ok(None);
-    }
-    let group = n_heads / n_kv;
-    let qs: Vec<f32> = q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mask: Option<Vec<f32>> = match mask {
-        Some(m) if m.dims() == [n, n_keys] => {
-            Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
-        }
-        Some(_) => return Ok(None),
-        None => None,
     };
     // Keys past the last one a row's mask lets through are never computed.
     let limit: Vec<usize> = (0..n)
