@@ -188,14 +188,7 @@ impl Model {
             let mut loader = layers::linear::LinearLoader::new(opts.quant, None);
             loader.dense_embeddings = opts.dense_embeddings;
             loader.half = half;
-            let loader = std::rc::Rc::new(loader);
-            let m = loader.scope(|| Self::from_var_builder(&vb, cfg, neo_ids))?;
-            let report = if opts.quant.is_some() {
-                loader.take_report()
-            } else {
-                LinearReport::default()
-            };
-            (m, report)
+            Self::from_var_builder_loading(&vb, cfg, neo_ids, loader)?
         };
         if !report.layers.is_empty() {
             tracing::info!(
@@ -256,9 +249,21 @@ impl Model {
         }
         let mut loader = layers::linear::LinearLoader::new(quant, None);
         loader.half = half;
+        Self::from_var_builder_loading(vb, cfg, neo_ids, loader)
+    }
+
+    /// [`Model::from_var_builder`] with `loader` deciding every linear layer; its report
+    /// when it quantizes, else an empty one.
+    fn from_var_builder_loading(
+        vb: &candle_nn::VarBuilder,
+        cfg: &ModelConfig,
+        neo_ids: Option<NeoSpecialIds>,
+        loader: layers::linear::LinearLoader,
+    ) -> Result<(Self, LinearReport)> {
+        let quantizes = loader.quant.is_some();
         let loader = std::rc::Rc::new(loader);
         let m = loader.scope(|| Self::from_var_builder(vb, cfg, neo_ids))?;
-        let report = if quant.is_some() {
+        let report = if quantizes {
             loader.take_report()
         } else {
             LinearReport::default()
