@@ -235,15 +235,7 @@ pub fn decode_attention(
                         *x += b;
                     }
                 }
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                for x in s.iter_mut() {
-                    *x /= sum;
-                }
+                softmax_in_place(s);
             }
             acc.fill(0.0);
             for j in 0..n_keys {
