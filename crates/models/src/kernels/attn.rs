@@ -235,7 +235,7 @@ pub fn decode_attention(
                         *x += b;
                     }
                 }
-                softmax_in_place(s);
+                super::vexp::softmax_in_place(s);
             }
             acc.fill(0.0);
             for j in 0..n_keys {
@@ -405,7 +405,7 @@ pub fn prefill_attention(
                         *x += b;
                     }
                 }
-                softmax_in_place(s);
+                super::vexp::softmax_in_place(s);
             }
             let (vp, v_rs) = match v32 {
                 Some(x) => (x[kv_v.off + h * kv_v.sh..].as_ptr(), kv_v.sj),
@@ -459,100 +459,6 @@ pub fn prefill_attention(
     Ok(Some(
         Tensor::from_vec(out, (n, n_heads * dv), q.device())?.to_dtype(v.dtype())?,
     ))
-}
-
-/// `s ← softmax(s)`, in f32, as candle's (max subtracted, exponentials divided by their sum);
-/// the exponential by [`avx2::softmax_in_place`] where the CPU has AVX2 (libm's one at a time
-/// was a third of a 512-token prompt's attention).
-fn softmax_in_place(s: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::qgemm::available() {
-        // SAFETY: `available()` checked AVX2 and FMA.
-        unsafe { avx2::softmax_in_place(s) };
-        return;
-    }
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in s.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in s.iter_mut() {
-        *x /= sum;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// e^x for eight values (Cephes' `expf`: x = n·ln 2 + r, |r| ≤ ln 2 / 2, a degree-7
-    /// polynomial for e^r, 2^n built in the exponent bits; within 2 ulp of libm's). Inputs
-    /// below -87.3 (where e^x leaves the normal floats), -inf included, give 0; inputs above
-    /// 88 are taken as 88.
-    ///
-    /// # Safety
-    /// AVX2 and FMA are available.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp8(x: __m256) -> __m256 {
-        let lo = _mm256_set1_ps(-87.3);
-        let valid = _mm256_cmp_ps::<_CMP_GE_OQ>(x, lo);
-        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let p = _mm256_add_ps(
-            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-            _mm256_set1_ps(1.0),
-        );
-        let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        )));
-        _mm256_and_ps(_mm256_mul_ps(p, pow2n), valid)
-    }
-
-    /// [`super::softmax_in_place`], eight values at a time (the tail padded with -inf).
-    ///
-    /// # Safety
-    /// AVX2 and FMA are available.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_in_place(s: &mut [f32]) {
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let m = _mm256_set1_ps(max);
-        let mut sum = _mm256_setzero_ps();
-        let mut chunks = s.chunks_exact_mut(8);
-        for c in &mut chunks {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-            sum = _mm256_add_ps(sum, e);
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
-        }
-        let tail = chunks.into_remainder();
-        let mut pad = [f32::NEG_INFINITY; 8];
-        pad[..tail.len()].copy_from_slice(tail);
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(pad.as_ptr()), m));
-        sum = _mm256_add_ps(sum, e);
-        _mm256_storeu_ps(pad.as_mut_ptr(), e);
-        tail.copy_from_slice(&pad[..tail.len()]);
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let total: f32 = lanes.iter().sum();
-        for x in s.iter_mut() {
-            *x /= total;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -648,37 +554,6 @@ mod tests {
         let got = prefill_attention(&q, &k, &k, None, 0.5).unwrap().unwrap();
         let want = attention_reference(&q, &k, &k, None, 0.5).unwrap();
         assert!(crate::max_abs_diff(&got, &want).unwrap() < 1e-5);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn exp8_agrees_with_libm() {
-        if !crate::kernels::qgemm::available() {
-            return;
-        }
-        let mut xs: Vec<f32> = (0..20_000).map(|i| -100.0 + i as f32 * 0.0093).collect();
-        xs.extend([0.0, -0.0, 1e-30, -1e-30, -87.0, f32::NEG_INFINITY]);
-        for c in xs.chunks(8) {
-            let mut v = [0f32; 8];
-            v[..c.len()].copy_from_slice(c);
-            let mut out = [0f32; 8];
-            // SAFETY: AVX2 and FMA checked above.
-            unsafe {
-                use std::arch::x86_64::*;
-                _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp8(_mm256_loadu_ps(v.as_ptr())));
-            }
-            for (x, got) in v.iter().zip(out).take(c.len()) {
-                let want = x.exp();
-                if *x < -87.3 {
-                    assert_eq!(got, 0.0, "e^{x}");
-                } else {
-                    assert!(
-                        (got - want).abs() <= 3e-7 * want,
-                        "e^{x}: {got} against {want}"
-                    );
-                }
-            }
-        }
     }
 
     #[test]

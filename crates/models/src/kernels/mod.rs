@@ -8,6 +8,7 @@ pub mod gemm;
 pub mod matvec;
 pub mod qgemm;
 pub mod qmatvec;
+pub(crate) mod vexp;
 
 use crate::error::Result;
 use candle_core::quantized::{GgmlDType, QTensor};
