@@ -35,39 +35,33 @@ impl View<'_> {
         let at = self.off + h * self.sh + j * self.sj;
         match &self.data {
             Rows::F32(v) => &v[at..at + self.d],
-            Rows::F16(v) => {
-                for (o, x) in scratch.iter_mut().zip(&v[at..at + self.d]) {
-                    *o = x.to_f32();
-                }
-                scratch
-            }
-            Rows::BF16(v) => {
-                for (o, x) in scratch.iter_mut().zip(&v[at..at + self.d]) {
-                    *o = x.to_f32();
-                }
+            _ => {
+                self.convert(at, scratch);
                 scratch
             }
         }
     }
-}
 
-impl View<'_> {
     /// Rows (h, 0..keys) as one (keys, d) f32 matrix in `out`.
     fn widen(&self, h: usize, keys: usize, out: &mut Vec<f32>) {
         out.resize(keys * self.d, 0.0);
         for (j, o) in out.chunks_exact_mut(self.d).enumerate() {
-            let at = self.off + h * self.sh + j * self.sj;
-            match &self.data {
-                Rows::F32(v) => o.copy_from_slice(&v[at..at + self.d]),
-                Rows::F16(v) => {
-                    for (o, x) in o.iter_mut().zip(&v[at..at + self.d]) {
-                        *o = x.to_f32();
-                    }
+            self.convert(self.off + h * self.sh + j * self.sj, o);
+        }
+    }
+
+    /// The `d` values from element `at`, as f32, into `out`.
+    fn convert(&self, at: usize, out: &mut [f32]) {
+        match &self.data {
+            Rows::F32(v) => out[..self.d].copy_from_slice(&v[at..at + self.d]),
+            Rows::F16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[at..at + self.d]) {
+                    *o = x.to_f32();
                 }
-                Rows::BF16(v) => {
-                    for (o, x) in o.iter_mut().zip(&v[at..at + self.d]) {
-                        *o = x.to_f32();
-                    }
+            }
+            Rows::BF16(v) => {
+                for (o, x) in out.iter_mut().zip(&v[at..at + self.d]) {
+                    *o = x.to_f32();
                 }
             }
         }

@@ -20,6 +20,12 @@ pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) 
     candle_core::utils::barrier_pool().execute_chunked(n_items, f)
 }
 
+/// Whether `t` is an f32 tensor on the CPU that no gradient flows through: what the one-pass
+/// f32 paths of the layers (norm, RoPE, SwiGLU) take.
+pub(crate) fn plain_cpu_f32(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op()
+}
+
 /// A contiguous CPU f32 tensor's values, borrowed (the storage stays read-locked meanwhile).
 pub(crate) struct F32View<G> {
     guard: G,

@@ -34,9 +34,8 @@ impl GatedMlp {
 /// `silu(g) · u` in one pass (a vector exp; candle's `silu` runs libm's one value at a time on
 /// one thread) for contiguous f32 CPU tensors of one shape without gradients; `None` otherwise.
 fn silu_mul_f32(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
-    let ok =
-        |t: &Tensor| t.dtype() == candle_core::DType::F32 && t.device().is_cpu() && !t.track_op();
-    if !(ok(g) && ok(u)) || g.shape() != u.shape() {
+    use crate::kernels::plain_cpu_f32 as plain;
+    if !(plain(g) && plain(u)) || g.shape() != u.shape() {
         return Ok(None);
     }
     let mut out = vec![0f32; g.elem_count()];

@@ -39,9 +39,9 @@ impl RmsNorm {
     /// f32, the sum of squares taken in order. `None` where it does not apply.
     fn forward_f32(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let w = &self.weight;
-        let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
         let d = x.dim(D::Minus1)?;
-        if !(cpu_f32(x) && cpu_f32(w)) || w.dims() != [d] || d == 0 {
+        use crate::kernels::plain_cpu_f32 as plain;
+        if !(plain(x) && plain(w)) || w.dims() != [d] || d == 0 {
             return Ok(None);
         }
         let x = x.contiguous()?;

@@ -56,8 +56,8 @@ pub fn rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// ten tensor operations twice per layer); the same products, differences and sums, so the
 /// same bits. `None` where it does not apply.
 fn rotate_half_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
-    let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
-    if !(cpu_f32(x) && cpu_f32(cos) && cpu_f32(sin)) {
+    use crate::kernels::plain_cpu_f32 as plain;
+    if !(plain(x) && plain(cos) && plain(sin)) {
         return Ok(None);
     }
     let Ok((n, heads, d)) = x.dims3() else {
