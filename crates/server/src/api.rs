@@ -328,6 +328,31 @@ pub fn parse_chat_request_with(body: &[u8], remote_images: bool) -> Result<ChatR
             "'logprobs' is not supported by this server",
         ));
     }
+    // Structured output is not honoured here, and answering free text to a client that
+    // asked for JSON would drop its request silently.
+    match field(obj, "response_format") {
+        None => {}
+        Some(Value::Object(o)) => match o.get("type") {
+            Some(Value::String(t)) if t == "text" => {}
+            Some(Value::String(t)) => {
+                return Err(ApiError::bad(
+                    "response_format",
+                    format!(
+                        "'response_format' of type {t:?} is not supported by this server \
+                         (only \"text\")"
+                    ),
+                ))
+            }
+            Some(x) => return Err(wrong_type("response_format.type", "a string", x)),
+            None => {
+                return Err(ApiError::bad(
+                    "response_format.type",
+                    "'response_format.type' is required",
+                ))
+            }
+        },
+        Some(x) => return Err(wrong_type("response_format", "an object", x)),
+    }
     if let Some(tools) = field(obj, "tools") {
         if tools.as_array().is_some_and(|a| !a.is_empty()) {
             return Err(ApiError::bad(
@@ -380,6 +405,12 @@ fn parse_messages(v: &Value, remote_images: bool) -> Result<Vec<ChatMessage>, Ap
         let content = match o.get("content") {
             Some(Value::String(s)) => Content::Text(s.clone()),
             Some(Value::Array(parts)) => {
+                if parts.is_empty() {
+                    return Err(ApiError::bad(
+                        format!("{here}.content"),
+                        format!("'{here}.content' must not be an empty array"),
+                    ));
+                }
                 let mut ps = Vec::with_capacity(parts.len());
                 for (j, p) in parts.iter().enumerate() {
                     ps.push(parse_part(

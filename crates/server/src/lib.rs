@@ -327,11 +327,17 @@ async fn serve(
 fn router(st: Arc<AppState>) -> Router {
     let limit = st.cfg.max_body_bytes;
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(model_info))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route(
+            "/v1/chat/completions",
+            post(chat).fallback(method_not_allowed),
+        )
+        .route("/v1/models", get(models).fallback(method_not_allowed))
+        .route(
+            "/v1/models/{id}",
+            get(model_info).fallback(method_not_allowed),
+        )
+        .route("/health", get(health).fallback(method_not_allowed))
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(st)
@@ -345,6 +351,26 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     )
     .with_code("unknown_url")
     .into_response()
+}
+
+/// A known path asked with a method it does not take: 405, with the method it does take in
+/// `Allow` and an OpenAI-style error body.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let allow = if uri.path() == "/v1/chat/completions" {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let mut r = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} takes {allow}, not {method}", uri.path()),
+    )
+    .with_code("method_not_allowed")
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {

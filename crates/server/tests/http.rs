@@ -406,12 +406,33 @@ fn every_bad_request_gets_an_openai_error() {
                 json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
                 "messages[0].content[0].type",
             ),
+            (
+                json!({"messages": [{"role": "user", "content": []}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"response_format": "json"}), "response_format"),
         ] {
             let e = send(bad(patch.clone())).await.error(400);
             assert_eq!(e["param"], param, "{patch}: {e}");
         }
         let e = send(br#"{"max_tokens": 3}"#.to_vec()).await.error(400);
         assert_eq!(e["param"], "messages");
+        // A plain-text response format is what the server does anyway.
+        assert_eq!(
+            send(bad(json!({"response_format": {"type": "text"}})))
+                .await
+                .status,
+            200
+        );
+        // A known path with the wrong method: 405 with an error object and `Allow`.
+        let r = request(addr, "GET", "/v1/chat/completions", &auth, None).await;
+        assert_eq!(r.error(405)["code"], "method_not_allowed");
+        let r = request(addr, "DELETE", "/v1/models", &auth, None).await;
+        assert_eq!(r.error(405)["code"], "method_not_allowed");
 
         // Images: remote URLs, bad data, oversized, too many.
         let image = |urls: &[&str]| {
