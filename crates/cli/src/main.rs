@@ -70,8 +70,40 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             std::process::exit(1);
         }
+    }
+}
+
+/// The error and its causes, `: `-joined like anyhow's `{:#}`, leaving out a cause whose text
+/// the message already holds (many of the libraries' errors print their source in their own
+/// message, which `{:#}` would then print twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("cannot read a.png: no such file");
+        assert_eq!(error_chain(&e), "cannot read a.png: no such file");
+        let e = anyhow::anyhow!("bad header").context("loading model m");
+        assert_eq!(error_chain(&e), "loading model m: bad header");
     }
 }

@@ -11,12 +11,25 @@ use pixlm_models::kernels::qmatvec::{qmatvec, QFormat};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let (n, k) = (6144usize, 2048usize);
+    // `QMM_SHAPE=NxK` and `QMM_LAYERS=L` change the weight's shape and how many distinct
+    // weights take turns (one small weight stays in cache: the kernels' compute rate alone).
+    let (n, k) = match std::env::var("QMM_SHAPE").ok() {
+        Some(s) => {
+            let (n, k) = s
+                .split_once('x')
+                .ok_or_else(|| anyhow::anyhow!("QMM_SHAPE {s}: want NxK"))?;
+            (n.trim().parse()?, k.trim().parse()?)
+        }
+        None => (6144usize, 2048usize),
+    };
     let fmt = match std::env::args().nth(1).as_deref() {
         Some("q4_k") => GgmlDType::Q4K,
         _ => GgmlDType::Q8_0,
     };
-    let layers = 24; // distinct weights so that none stays in cache
+    let layers: usize = match std::env::var("QMM_LAYERS").ok() {
+        Some(l) => l.parse()?,
+        None => 24, // distinct weights so that none stays in cache
+    };
     let ws: Vec<QTensor> = (0..layers)
         .map(|i| {
             let w =
@@ -40,7 +53,11 @@ fn main() -> anyhow::Result<()> {
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
         let mut best = [f64::MAX; 3];
         // Fewer weights and repetitions where each product is long (compute-bound anyway).
-        let (layers, reps) = if rows >= 64 { (4, 2) } else { (layers, 5) };
+        let (layers, reps) = if rows >= 64 {
+            (layers.min(4), 2)
+        } else {
+            (layers, 5)
+        };
         for _ in 0..reps {
             let t = Instant::now();
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
