@@ -27,8 +27,8 @@ pub struct SamplingArgs {
     /// Random seed: the same seed gives the same text.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 512)]
+    /// Most tokens to generate (at least 1).
+    #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     pub max_new_tokens: usize,
     /// Stop when this text is produced (repeatable); the stop text is not printed.
     #[arg(long = "stop")]
@@ -235,4 +235,13 @@ fn chat(a: RunArgs, opts: GenerateOptions) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A count that must be at least 1 (clap parser).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
