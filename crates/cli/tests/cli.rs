@@ -144,6 +144,11 @@ fn missing_model_and_missing_files() {
     let d = tmpdir("empty-model");
     let o = pixlm(&["run", "--model", d.to_str().unwrap(), "hi"]);
     assert_clear_error(&o, "config.json");
+    // A file that is neither a directory nor a GGUF model.
+    let f = d.join("weights.gguf");
+    std::fs::write(&f, b"not a model at all").unwrap();
+    let o = pixlm(&["run", "--model", f.to_str().unwrap(), "hi"]);
+    assert_clear_error(&o, "not a GGUF model");
     let Some(fx) = fixtures() else { return };
     let d = tmpdir("no-weights");
     std::fs::copy(fx.join("neo-tiny/model/config.json"), d.join("config.json")).unwrap();

@@ -160,6 +160,15 @@ impl Engine {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let gguf = if gguf::is_gguf(dir) {
             Some(Arc::new(gguf::GgufFile::open(dir)?))
+        } else if dir.is_file() {
+            return Err(EngineError::Model(pixlm_models::ModelError::Unsupported(
+                format!(
+                    "{} is a file but not a GGUF model (it does not start with the GGUF \
+                     magic); a model is a Hugging Face checkpoint directory or a GGUF file \
+                     written by `pixlm quantize`",
+                    dir.display()
+                ),
+            )));
         } else {
             None
         };
