@@ -329,15 +329,12 @@ fn router(st: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(chat).fallback(method_not_allowed),
+            post(chat).fallback(|m: Method, u: Uri| method_not_allowed(m, u, "POST")),
         )
-        .route("/v1/models", get(models).fallback(method_not_allowed))
-        .route(
-            "/v1/models/{id}",
-            get(model_info).fallback(method_not_allowed),
-        )
-        .route("/health", get(health).fallback(method_not_allowed))
-        .route("/metrics", get(metrics).fallback(method_not_allowed))
+        .route("/v1/models", get(models).fallback(only_get))
+        .route("/v1/models/{id}", get(model_info).fallback(only_get))
+        .route("/health", get(health).fallback(only_get))
+        .route("/metrics", get(metrics).fallback(only_get))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(st)
@@ -353,14 +350,9 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     .into_response()
 }
 
-/// A known path asked with a method it does not take: 405, with the method it does take in
-/// `Allow` and an OpenAI-style error body.
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let allow = if uri.path() == "/v1/chat/completions" {
-        "POST"
-    } else {
-        "GET, HEAD"
-    };
+/// A known path asked with a method it does not take: 405, with the methods it does take
+/// (`allow`, as its route says) in `Allow` and an OpenAI-style error body.
+async fn method_not_allowed(method: Method, uri: Uri, allow: &'static str) -> Response {
     let mut r = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",
@@ -371,6 +363,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+/// [`method_not_allowed`] for the `get` routes (which take HEAD too).
+async fn only_get(method: Method, uri: Uri) -> Response {
+    method_not_allowed(method, uri, "GET, HEAD").await
 }
 
 async fn health(State(st): State<Arc<AppState>>) -> Response {
