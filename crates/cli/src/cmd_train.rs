@@ -75,6 +75,15 @@ pub struct TrainArgs {
     /// every object's tokens carry where it is: what `left_of` compares.
     #[arg(long)]
     pub aux_positions: bool,
+    /// Weight of training-only attention targets: at each answer position, two query heads
+    /// of --attn-aux-layer are pulled towards the image tokens of the objects the question
+    /// names (head 0 the first named, head 1 the last), which teaches the model to look up
+    /// the object a question is about. 0 turns them off.
+    #[arg(long, default_value_t = 0.0)]
+    pub attn_aux_weight: f64,
+    /// The decoder layer (0-based) whose heads --attn-aux-weight supervises.
+    #[arg(long, default_value_t = 3)]
+    pub attn_aux_layer: usize,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -140,10 +149,18 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     for (flag, w) in [
         ("--aux-weight", a.aux_weight),
         ("--stem-aux-weight", a.stem_aux_weight),
+        ("--attn-aux-weight", a.attn_aux_weight),
     ] {
         if !(w >= 0.0 && w.is_finite()) {
             bail!("{flag} must be a non-negative number");
         }
+    }
+    if a.attn_aux_weight > 0.0 && a.attn_aux_layer >= spec.layers {
+        bail!(
+            "--attn-aux-layer {} is past the model's {} layers (0-based)",
+            a.attn_aux_layer,
+            spec.layers
+        );
     }
     if a.steps == 0 || a.batch == 0 || a.save_every == 0 || a.per_image == 0 {
         bail!("--steps, --batch, --per-image and --save-every must be positive");
@@ -165,6 +182,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         pair_counts: a.pair_counts,
         pair_positions: a.pair_positions,
         aux_positions: a.aux_positions,
+        attn_aux_weight: a.attn_aux_weight,
+        attn_aux_layer: a.attn_aux_layer,
         init_from: a.init_from.clone(),
         ..TrainConfig::default()
     };

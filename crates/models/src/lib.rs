@@ -19,7 +19,7 @@ pub use error::{ModelError, Result};
 pub use kv::KvCache;
 pub use layers::linear::{HalfWeights, LinearChoice, LinearReport, QuantFormat};
 pub use neo::NeoSpecialIds;
-pub use transformer::{LogitsWanted, Positions, Trace};
+pub use transformer::{AttnProbe, LogitsWanted, Positions, Trace};
 
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;

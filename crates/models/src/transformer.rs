@@ -55,6 +55,23 @@ pub struct Trace {
     /// Per mixture-of-experts layer, in layer order: the experts chosen for every token,
     /// (N, k) u32 in descending probability, and their weights, (N, k) f32.
     pub router: Vec<(Tensor, Tensor)>,
+    /// A request for one layer's attention probabilities at chosen queries (training's
+    /// attention targets); the answer lands in `attn_probs`.
+    pub attn_probe: Option<AttnProbe>,
+    /// Per sequence, the probed layer's attention probabilities at the probe's rows:
+    /// (rows, heads, keys) f32, `None` for a sequence with no rows. Differentiable.
+    pub attn_probs: Vec<Option<Tensor>>,
+}
+
+/// Which attention probabilities a [`Trace`] asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttnProbe {
+    /// The decoder layer (0-based).
+    pub layer: usize,
+    /// Query heads `0..heads`.
+    pub heads: usize,
+    /// Per sequence of the forward, the query rows (indices into that sequence's new tokens).
+    pub rows: Vec<Vec<u32>>,
 }
 
 struct NativeRopeProj {
@@ -158,15 +175,17 @@ impl SelfAttention {
         seqs: &mut [SeqInput],
         seq_t: &[Vec<i64>],
         tables: &RopeTables,
-    ) -> Result<Tensor> {
+        probe: Option<&AttnProbe>,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let n = x.dim(0)?;
         let q = self.project(x, self.n_heads, true, tables)?;
         let k = self.project(x, self.n_kv, false, tables)?;
         let v = self.v.forward(x)?.reshape((n, self.n_kv, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(seqs.len());
+        let mut probs = Vec::new();
         let mut off = 0;
-        for (s, new_t) in seqs.iter_mut().zip(seq_t) {
+        for (i, (s, new_t)) in seqs.iter_mut().zip(seq_t).enumerate() {
             let len = s.ids.len();
             let qs = q.narrow(0, off, len)?;
             let ks = k.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
@@ -176,6 +195,10 @@ impl SelfAttention {
             key_t.extend_from_slice(s.cache.key_t());
             key_t.extend_from_slice(new_t);
             let mask = block_mask(&key_t, len, x.device())?;
+            if let Some(p) = probe {
+                let rows = p.rows.get(i).map(Vec::as_slice).unwrap_or_default();
+                probs.push(self.probe_probs(&qs, &k_all, mask.as_ref(), rows, p.heads, scale)?);
+            }
             outs.push(attention(&qs, &k_all, &v_all, mask.as_ref(), scale)?);
             off += len;
         }
@@ -184,7 +207,39 @@ impl SelfAttention {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        self.o.forward(&o)
+        Ok((self.o.forward(&o)?, probs))
+    }
+
+    /// The attention probabilities of query heads `0..heads` at query `rows` of one sequence,
+    /// (rows, heads, keys) f32, computed apart from the attention itself (which may run a
+    /// fused kernel) with the same scores, mask and softmax.
+    fn probe_probs(
+        &self,
+        q: &Tensor,
+        k_all: &Tensor,
+        mask: Option<&Tensor>,
+        rows: &[u32],
+        heads: usize,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
+        if rows.is_empty() || heads == 0 {
+            return Ok(None);
+        }
+        let idx = Tensor::from_slice(rows, rows.len(), q.device())?;
+        let qsel = q.index_select(&idx, 0)?; // (r, n_heads, dq)
+        let mask = mask.map(|m| m.index_select(&idx, 0)).transpose()?;
+        let group = self.n_heads / self.n_kv;
+        let mut per_head = Vec::with_capacity(heads);
+        for h in 0..heads.min(self.n_heads) {
+            let qh = qsel.narrow(1, h, 1)?.squeeze(1)?.contiguous()?;
+            let kh = k_all.narrow(0, h / group, 1)?.squeeze(0)?;
+            let mut s = (qh.matmul(&kh.t()?)? * scale)?.to_dtype(DType::F32)?;
+            if let Some(m) = &mask {
+                s = (s + m)?;
+            }
+            per_head.push(candle_nn::ops::softmax(&s, D::Minus1)?);
+        }
+        Ok(Some(Tensor::stack(&per_head, 1)?))
     }
 }
 
@@ -357,7 +412,18 @@ impl Backbone {
         let mut h = x.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let a = layer.input_ln.forward(&h)?;
-            h = (h + layer.attn.forward(i, &a, seqs, &seq_t, &tables)?)?;
+            let probe = trace
+                .as_deref()
+                .and_then(|t| t.attn_probe.as_ref())
+                .filter(|p| p.layer == i)
+                .cloned();
+            let (o, probs) = layer
+                .attn
+                .forward(i, &a, seqs, &seq_t, &tables, probe.as_ref())?;
+            if let (Some(t), true) = (trace.as_deref_mut(), probe.is_some()) {
+                t.attn_probs = probs;
+            }
+            h = (h + o)?;
             let m = layer.post_ln.forward(&h)?;
             h = (h + layer.mlp.forward(&m, trace.as_deref_mut())?)?;
             if i == 0 {

@@ -37,7 +37,22 @@ pub struct Example {
     /// of the training-only object-shape head, `TrainConfig::stem_aux_weight`); empty unless
     /// the scene is known.
     pub objects: Vec<ObjectTokens>,
+    /// Per turn, the position whose logits predict the turn's first answer token.
+    pub turn_queries: Vec<usize>,
+    /// Training-only attention targets (`TrainConfig::attn_aux_weight`): at a turn's answer
+    /// position, which image tokens a query head should attend to (those of the objects the
+    /// question names); empty unless the scene is known.
+    pub attn_targets: Vec<AttnTarget>,
     pub kind: String,
+}
+
+/// Where one query head should look: at position `query`, head `head` should put its
+/// attention on the positions `keys` (image tokens of the objects a question names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttnTarget {
+    pub query: usize,
+    pub head: usize,
+    pub keys: Vec<u32>,
 }
 
 /// One object of an example's image: its shape and the image tokens it covers.
@@ -159,6 +174,7 @@ pub fn draw_batch(
         let mut ex = build_conversation(tok, &patches, &qs)?;
         ex.aux = image_token_targets(tok, &ex.ids, &scene, &patches, aux_positions)?;
         ex.objects = object_tokens(&scene, &patches, 0);
+        ex.attn_targets = attention_targets(tok, &ex, &scene, &patches, &qs)?;
         out.push(ex);
     }
     Ok(out)
@@ -269,6 +285,121 @@ fn image_token_targets(
     Ok(out)
 }
 
+/// The object descriptors a question names, in order: a colour word and/or a shape word
+/// (`red circle`, `triangle`, `red object`, `circles`). `How many objects are there?` names
+/// none.
+pub fn descriptors(question: &str) -> Vec<(Option<shapes::ColorName>, Option<shapes::Shape>)> {
+    use shapes::{ColorName, Shape};
+    let mut out = Vec::new();
+    let mut color: Option<ColorName> = None;
+    for word in question.split(|c: char| !c.is_ascii_alphabetic()) {
+        if let Some(c) = ColorName::from_name(word) {
+            color = Some(c);
+            continue;
+        }
+        let shape =
+            Shape::from_name(word).or_else(|| word.strip_suffix('s').and_then(Shape::from_name));
+        if let Some(s) = shape {
+            out.push((color.take(), Some(s)));
+        } else if word == "object" {
+            if let Some(c) = color.take() {
+                out.push((Some(c), None));
+            }
+        }
+    }
+    out
+}
+
+/// The objects of `scene` with colour `c` and shape `s` (either may be left open).
+fn matching(
+    scene: &shapes::Scene,
+    c: Option<shapes::ColorName>,
+    s: Option<shapes::Shape>,
+) -> Vec<usize> {
+    (0..scene.objects.len())
+        .filter(|&k| {
+            let o = &scene.objects[k];
+            c.is_none_or(|c| o.color == c) && s.is_none_or(|s| o.shape == s)
+        })
+        .collect()
+}
+
+/// The objects a question names, one group per [`descriptors`] entry; a descriptor that
+/// matches no object (an `exists` question answered `no`) gives an empty group.
+pub fn named_objects(scene: &shapes::Scene, question: &str) -> Vec<Vec<usize>> {
+    descriptors(question)
+        .into_iter()
+        .map(|(c, s)| matching(scene, c, s))
+        .collect()
+}
+
+/// The attention targets of one conversation (see [`Example::attn_targets`]): for each turn
+/// whose question names objects, head 0 at the turn's answer position should look at the first
+/// named group's image tokens and head 1 at the last's (the same group when one is named). A
+/// colour-and-shape pair no object has sends head 0 to that colour's objects and head 1 to
+/// that shape's. Turns naming no object, or a group with no covered token, get no target.
+fn attention_targets(
+    tok: &Tokenizer,
+    ex: &Example,
+    scene: &shapes::Scene,
+    patches: &pixlm_media::Patches,
+    qs: &[(String, String, String)],
+) -> Result<Vec<AttnTarget>, DataError> {
+    let ctx = tok
+        .token_to_id("<IMG_CONTEXT>")
+        .ok_or_else(|| DataError::Tokenizer("no <IMG_CONTEXT> token".into()))?;
+    let positions: Vec<u32> = (0..ex.ids.len())
+        .filter(|&i| ex.ids[i] == ctx)
+        .map(|i| i as u32)
+        .collect();
+    let owners = token_objects(scene, patches);
+    if positions.len() != owners.len() {
+        return Err(DataError::Tokenizer(format!(
+            "{} image tokens in the prompt, {} in the grid",
+            positions.len(),
+            owners.len()
+        )));
+    }
+    let keys_of = |group: &[usize]| -> Vec<u32> {
+        positions
+            .iter()
+            .zip(&owners)
+            .filter(|(_, o)| o.is_some_and(|k| group.contains(&k)))
+            .map(|(&p, _)| p)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for ((q, _, kind), &query) in qs.iter().zip(&ex.turn_queries) {
+        if kind == shapes::DESCRIBE_KIND {
+            continue;
+        }
+        let descs = descriptors(q);
+        let mut groups: Vec<Vec<usize>> =
+            descs.iter().map(|&(c, s)| matching(scene, c, s)).collect();
+        // A colour and shape that no object has together (`Is there a red circle?` answered
+        // `no`): head 0 looks at the objects of that colour, head 1 at those of that shape,
+        // the near misses the answer has to tell apart from a match.
+        if let ([(Some(c), Some(s))], [g]) = (descs.as_slice(), groups.as_slice()) {
+            if g.is_empty() {
+                groups = vec![
+                    matching(scene, Some(*c), None),
+                    matching(scene, None, Some(*s)),
+                ];
+            }
+        }
+        let (Some(first), Some(last)) = (groups.first(), groups.last()) else {
+            continue;
+        };
+        for (head, group) in [first, last].into_iter().enumerate() {
+            let keys = keys_of(group);
+            if !keys.is_empty() {
+                out.push(AttnTarget { query, head, keys });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The share of training conversations that only ask for the description.
 pub const DESCRIBE_ONLY: f64 = 0.15;
 
@@ -287,6 +418,7 @@ pub fn build_conversation(
     let mut ids = Vec::new();
     let mut targets = Vec::new();
     let mut target_kinds = Vec::new();
+    let mut turn_queries = Vec::new();
     for (i, (q, a, kind)) in qa.iter().enumerate() {
         let prompt = if i == 0 {
             let parts = neo_prompt(&[question_message("image", q)])?;
@@ -297,6 +429,7 @@ pub fn build_conversation(
         ids.extend(enc(&prompt)?);
         let answer = enc(&format!("{a}<|im_end|>"))?;
         let start = ids.len();
+        turn_queries.push(start - 1);
         targets.extend((0..answer.len()).map(|k| (start + k - 1, answer[k])));
         target_kinds.extend(std::iter::repeat_n(kind.clone(), answer.len()));
         ids.extend(answer);
@@ -312,6 +445,8 @@ pub fn build_conversation(
         target_kinds,
         aux: Vec::new(),
         objects: Vec::new(),
+        turn_queries,
+        attn_targets: Vec::new(),
         kind: qa.first().map(|q| q.2.clone()).unwrap_or_default(),
     })
 }
@@ -402,6 +537,104 @@ mod tests {
         for (i, &(_, t)) in aux.iter().enumerate() {
             assert_eq!(t, [red, square, one][i % 3]);
         }
+    }
+
+    #[test]
+    fn questions_name_their_objects_and_heads_look_at_them() {
+        use crate::shapes::{ColorName, ImageFormat, Object, Orientation, Scene, Shape};
+        let obj = |shape, color, center: [f32; 2], side: f32| Object {
+            shape,
+            color,
+            rgb: color.reference_rgb(),
+            center,
+            size: [side, side],
+            orientation: Orientation::Up,
+            antialias: false,
+        };
+        let scene = Scene {
+            width: 224,
+            height: 224,
+            background: [250, 250, 250],
+            noise: 0,
+            noise_on_objects: false,
+            objects: vec![
+                obj(Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
+                obj(Shape::Circle, ColorName::Blue, [160.0, 160.0], 64.0),
+                obj(Shape::Circle, ColorName::Red, [160.0, 48.0], 40.0),
+            ],
+            format: ImageFormat::Png,
+        };
+        let named = |q: &str| named_objects(&scene, q);
+        assert_eq!(named("What color is the square?"), vec![vec![0]]);
+        assert_eq!(named("What shape is the blue object?"), vec![vec![1]]);
+        assert_eq!(named("How many circles are there?"), vec![vec![1, 2]]);
+        assert_eq!(named("How many red circles are there?"), vec![vec![2]]);
+        assert!(named("How many objects are there?").is_empty());
+        assert_eq!(named("Is there a green circle?"), vec![Vec::<usize>::new()]);
+        assert_eq!(
+            named("Is the red square left of the blue circle?"),
+            vec![vec![0], vec![1]]
+        );
+        assert_eq!(named("Where is the red circle?"), vec![vec![2]]);
+
+        let tok = build_tokenizer();
+        let pre = PreprocessConfig {
+            min_pixels: 50176,
+            max_pixels: 50176,
+            ..Default::default()
+        };
+        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([250, 250, 250]));
+        let patches = pixlm_media::preprocess(&img, &pre).unwrap();
+        let q = |s: &str, a: &str, k: &str| (s.to_string(), a.to_string(), k.to_string());
+        let qs = vec![
+            q("How many objects are there?", "3", "count_all"),
+            q(
+                "Is the red square left of the blue circle?",
+                "yes",
+                "left_of",
+            ),
+            q("Is there a green circle?", "no", "exists"),
+            q("What color is the square?", "red", "color"),
+            q("Is there a blue square?", "no", "exists"),
+        ];
+        let mut ex = build_conversation(&tok, &patches, &qs).unwrap();
+        ex.attn_targets = attention_targets(&tok, &ex, &scene, &patches, &qs).unwrap();
+        // Each turn's query is the position whose logits predict its first answer token.
+        assert_eq!(ex.turn_queries.len(), 5);
+        for (&p, (_, a, _)) in ex.turn_queries.iter().zip(&qs) {
+            assert_eq!(ex.ids[p + 1], tok.token_to_id(a).unwrap());
+        }
+        let ctx = tok.token_to_id("<IMG_CONTEXT>").unwrap();
+        let first = ex.ids.iter().position(|&t| t == ctx).unwrap() as u32;
+        let owners = token_objects(&scene, &patches);
+        let of = |k: usize| -> Vec<u32> {
+            (0..owners.len())
+                .filter(|&i| owners[i] == Some(k))
+                .map(|i| first + i as u32)
+                .collect()
+        };
+        // count_all names nothing; left_of: head 0 the red square, head 1 the blue circle;
+        // no object is green (nor a green circle): head 0 gets nothing, head 1 the circles;
+        // color: both heads the square; no blue square: head 0 the blue circle, head 1 the
+        // red square.
+        let t = |turn: usize, head: usize, keys: Vec<u32>| AttnTarget {
+            query: ex.turn_queries[turn],
+            head,
+            keys,
+        };
+        let mut circles = [of(1), of(2)].concat();
+        circles.sort_unstable();
+        let want = vec![
+            t(1, 0, of(0)),
+            t(1, 1, of(1)),
+            t(2, 1, circles),
+            t(3, 0, of(0)),
+            t(3, 1, of(0)),
+            t(4, 0, of(1)),
+            t(4, 1, of(0)),
+        ];
+        assert_eq!(ex.attn_targets, want);
+        assert!(!of(0).is_empty() && !of(1).is_empty());
     }
 
     #[test]

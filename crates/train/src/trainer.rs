@@ -11,10 +11,12 @@ use crate::data::{draw_batch, DataError, Example, Turns};
 use crate::model_spec::ModelSpec;
 use crate::shapes::{QuestionBalancer, ShapesRng};
 use crate::tokenizer_train;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use pixlm_media::PreprocessConfig;
-use pixlm_models::{KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace};
+use pixlm_models::{
+    AttnProbe, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput, Trace,
+};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -95,6 +97,17 @@ pub struct TrainConfig {
     /// fifth of the width holding its centre, the `position` questions' answer).
     #[serde(default)]
     pub aux_positions: bool,
+    /// Weight of the training-only attention targets (`Example::attn_targets`): at each
+    /// answer position, query heads 0 and 1 of layer `attn_aux_layer` are pulled towards the
+    /// image tokens of the objects the question names (the mean over targets of
+    /// -log(attention mass on them)). It hands the model the retrieval that binding questions
+    /// need (which object's colour, which two objects' positions) instead of leaving it to be
+    /// discovered from the answers. 0 turns it off.
+    #[serde(default)]
+    pub attn_aux_weight: f64,
+    /// The decoder layer (0-based) whose heads the attention targets supervise.
+    #[serde(default)]
+    pub attn_aux_layer: usize,
     /// A checkpoint (a `pixlm train` output directory) whose weights start this run instead
     /// of a random initialisation: a fine-tune, with a fresh optimizer and schedule. Its
     /// `config.json` fixes the model's sizes. Ignored when a run resumes (its own checkpoint
@@ -169,6 +182,8 @@ impl Default for TrainConfig {
             pair_counts: 0,
             pair_positions: 0,
             aux_positions: false,
+            attn_aux_weight: 0.0,
+            attn_aux_layer: 0,
             init_from: None,
         }
     }
@@ -540,8 +555,18 @@ impl Trainer {
     /// kind's weight, divided by `total`: the part's share of the weighted mean over a batch
     /// whose answer tokens weigh `total` in all; plus, with the
     /// object-shape head, its share of that head's mean loss over the batch's `objects`.
-    fn loss_share(&self, batch: &[Example], total: f64, objects: usize) -> Result<Tensor> {
+    fn loss_share(
+        &self,
+        batch: &[Example],
+        total: f64,
+        objects: usize,
+        attn_total: usize,
+    ) -> Result<Tensor> {
         let mut trace = Trace::default();
+        let attn_w = self.config.attn_aux_weight;
+        if attn_w > 0.0 {
+            trace.attn_probe = Some(attn_probe(batch, self.config.attn_aux_layer));
+        }
         let logits = self.logits(batch, Some(&mut trace))?;
         let mut rows = Vec::new();
         let mut targets = Vec::new();
@@ -568,7 +593,11 @@ impl Trainer {
         // Weighted negative log-likelihood over the batch's answer tokens, `total` their summed
         // weight (1 when every answer weighs nothing, so the auxiliary terms stay finite).
         let denom = if total > 0.0 { total } else { 1.0 };
-        let loss = ((picked * weights)?.sum_all()? * (-1.0 / denom))?;
+        let mut loss = ((picked * weights)?.sum_all()? * (-1.0 / denom))?;
+        if attn_w > 0.0 && attn_total > 0 {
+            let nll = attn_target_nll(batch, &trace)?;
+            loss = (loss + (nll * (attn_w / attn_total as f64))?)?;
+        }
         match self.stem_head_logits(batch, trace.vision_embeds.as_ref())? {
             Some((logits, targets)) => {
                 let nll = target_log_probs(&logits, targets)?.sum_all()?;
@@ -631,6 +660,34 @@ impl Trainer {
         Ok(Some((logits, targets)))
     }
 
+    /// The mean attention mass that the attention targets' heads (layer `layer`) put on their
+    /// target keys over `batch`: how well the model looks up the objects questions name
+    /// (`None` when the batch has no attention target).
+    pub fn attention_on_targets(&self, batch: &[Example], layer: usize) -> Result<Option<f64>> {
+        let n: usize = batch.iter().map(|e| e.attn_targets.len()).sum();
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut trace = Trace {
+            attn_probe: Some(attn_probe(batch, layer)),
+            ..Trace::default()
+        };
+        self.logits(batch, Some(&mut trace))?;
+        let mut sum = 0f64;
+        for (ex, probs) in batch.iter().zip(&trace.attn_probs) {
+            let Some(probs) = probs else { continue };
+            let rows = attn_probe(std::slice::from_ref(ex), 0).rows.remove(0);
+            for t in &ex.attn_targets {
+                let Ok(row) = rows.binary_search(&(t.query as u32)) else {
+                    continue;
+                };
+                let p: Vec<f32> = probs.get(row)?.get(t.head)?.to_vec1()?;
+                sum += t.keys.iter().map(|&k| p[k as usize] as f64).sum::<f64>();
+            }
+        }
+        Ok(Some(sum / n as f64))
+    }
+
     /// How often the image tokens' auxiliary targets are the arg-max over the target words
     /// (colour words among colours, shape words among shapes): `(colour, shape)` accuracy;
     /// and how often the object-shape head names an object's shape (`None` when it is off).
@@ -686,8 +743,9 @@ impl Trainer {
         micro: &[Example],
         total: f64,
         objects: usize,
+        attn_total: usize,
     ) -> Result<(f32, Vec<Option<Tensor>>)> {
-        let loss = self.loss_share(micro, total, objects)?;
+        let loss = self.loss_share(micro, total, objects, attn_total)?;
         let grads = loss.backward()?;
         let grads = self
             .opt
@@ -718,6 +776,7 @@ impl Trainer {
         type Grads = Result<(f32, Vec<Option<Tensor>>)>;
         let total: f64 = batch.iter().map(|e| self.config.answer_weight(e)).sum();
         let objects: usize = batch.iter().map(|e| e.objects.len()).sum();
+        let attn_total: usize = batch.iter().map(|e| e.attn_targets.len()).sum();
         let parts = split_balanced(batch, SUM_PARTS);
         // (part, micro-batch) in summation order.
         let micros: Vec<(usize, &[Example])> = parts
@@ -733,7 +792,7 @@ impl Trainer {
             let Some(&(_, micro)) = micros.get(i) else {
                 break;
             };
-            let r = self.micro_grads(micro, total, objects);
+            let r = self.micro_grads(micro, total, objects, attn_total);
             if let Ok(mut slot) = slots[i].lock() {
                 *slot = Some(r);
             }
@@ -955,6 +1014,65 @@ pub fn fit_steps(steps: usize, done: usize, elapsed: f64, per_step: f64, limit: 
 }
 
 /// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
+/// The attention probe of a batch: the query rows of each example's attention targets.
+fn attn_probe(batch: &[Example], layer: usize) -> AttnProbe {
+    let rows = batch
+        .iter()
+        .map(|ex| {
+            let mut rows: Vec<u32> = ex.attn_targets.iter().map(|t| t.query as u32).collect();
+            rows.sort_unstable();
+            rows.dedup();
+            rows
+        })
+        .collect();
+    AttnProbe {
+        layer,
+        heads: ATTN_TARGET_HEADS,
+        rows,
+    }
+}
+
+/// Query heads the attention targets use (`AttnTarget::head` is below this).
+const ATTN_TARGET_HEADS: usize = 2;
+
+/// The summed -log(attention mass on the target keys) of `batch`'s attention targets, from
+/// the probabilities of the probe [`attn_probe`] asked for.
+fn attn_target_nll(batch: &[Example], trace: &Trace) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for (ex, probs) in batch.iter().zip(&trace.attn_probs) {
+        let Some(probs) = probs else { continue };
+        let (r, heads, keys) = probs.dims3()?;
+        let rows = attn_probe(std::slice::from_ref(ex), 0).rows.remove(0);
+        let mut on = vec![0f32; r * heads * keys];
+        let mut wanted = vec![0f32; r * heads];
+        for t in &ex.attn_targets {
+            let (Ok(row), true) = (rows.binary_search(&(t.query as u32)), t.head < heads) else {
+                return Err(TrainError::Other(
+                    "attention target outside the probe".into(),
+                ));
+            };
+            wanted[row * heads + t.head] = 1.0;
+            for &k in &t.keys {
+                if (k as usize) < keys {
+                    on[(row * heads + t.head) * keys + k as usize] = 1.0;
+                }
+            }
+        }
+        let on = Tensor::from_vec(on, (r, heads, keys), &Device::Cpu)?;
+        let wanted = Tensor::from_vec(wanted, (r, heads), &Device::Cpu)?;
+        let mass = (probs * on)?.sum(D::Minus1)?;
+        let nll = ((mass + 1e-6)?.log()? * wanted)?.sum_all()?.neg()?;
+        sum = Some(match sum {
+            Some(s) => (s + nll)?,
+            None => nll,
+        });
+    }
+    match sum {
+        Some(s) => Ok(s),
+        None => Ok(Tensor::zeros((), DType::F32, &Device::Cpu)?),
+    }
+}
+
 fn target_log_probs(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
     let n = targets.len();
     let targets = Tensor::from_vec(targets, (n, 1), logits.device())?;
@@ -1014,6 +1132,8 @@ mod tests {
             target_kinds: vec![],
             aux: vec![],
             objects: vec![],
+            turn_queries: vec![],
+            attn_targets: vec![],
             kind: String::new(),
         };
         let batch: Vec<Example> = [10, 30, 20, 20, 5, 15].into_iter().map(ex).collect();

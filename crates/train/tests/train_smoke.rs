@@ -23,6 +23,9 @@ fn config(steps: usize) -> TrainConfig {
         pair_counts: 1,
         pair_positions: 1,
         kind_weights: [("exists".to_string(), 3.0), ("count_pair".to_string(), 2.0)].into(),
+        // And the attention targets.
+        attn_aux_weight: 0.5,
+        attn_aux_layer: 1,
         ..TrainConfig::default()
     }
 }
@@ -39,6 +42,7 @@ fn loss_falls_and_checkpoint_runs() {
     // The answers' loss alone (the object-shape head's loss falls more slowly).
     let cfg = TrainConfig {
         stem_aux_weight: 0.0,
+        attn_aux_weight: 0.0,
         ..config(30)
     };
     let mut t = Trainer::new(cfg, &out, false).unwrap();
@@ -86,6 +90,29 @@ fn loss_falls_and_checkpoint_runs() {
         )
         .unwrap();
     assert!(!g.ids.is_empty());
+}
+
+#[test]
+fn attention_targets_pull_the_heads_to_the_named_objects() {
+    // With the attention targets weighed heavily, the supervised heads of layer 1 come to put
+    // much more of their attention on the image tokens of the objects each question names
+    // (measured on a batch the run never trained on).
+    let out = tmp("attn");
+    let cfg = TrainConfig {
+        stem_aux_weight: 0.0,
+        attn_aux_weight: 4.0,
+        ..config(25)
+    };
+    let mut t = Trainer::new(cfg.clone(), &out, false).unwrap();
+    let probe = Trainer::batch_for(&cfg, t.tokenizer(), t.preprocess_config(), 10_000).unwrap();
+    assert!(probe.iter().any(|e| !e.attn_targets.is_empty()));
+    let before = t.attention_on_targets(&probe, 1).unwrap().unwrap();
+    t.run(None, &mut |_| {}).unwrap();
+    let after = t.attention_on_targets(&probe, 1).unwrap().unwrap();
+    assert!(
+        after > 2.0 * before && after > 0.3,
+        "attention on the named objects: {before:.3} -> {after:.3}"
+    );
 }
 
 #[test]
