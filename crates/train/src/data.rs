@@ -239,6 +239,32 @@ pub fn token_objects(scene: &shapes::Scene, patches: &pixlm_media::Patches) -> V
     out
 }
 
+/// Each `<IMG_CONTEXT>` position of `ids` with the object covering its token
+/// ([`token_objects`]); an error when the prompt and the grid disagree on the token count.
+fn image_token_owners(
+    tok: &Tokenizer,
+    ids: &[u32],
+    scene: &shapes::Scene,
+    patches: &pixlm_media::Patches,
+) -> Result<Vec<(u32, Option<usize>)>, DataError> {
+    let ctx = tok
+        .token_to_id("<IMG_CONTEXT>")
+        .ok_or_else(|| DataError::Tokenizer("no <IMG_CONTEXT> token".into()))?;
+    let positions: Vec<u32> = (0..ids.len())
+        .filter(|&i| ids[i] == ctx)
+        .map(|i| i as u32)
+        .collect();
+    let owners = token_objects(scene, patches);
+    if positions.len() != owners.len() {
+        return Err(DataError::Tokenizer(format!(
+            "{} image tokens in the prompt, {} in the grid",
+            positions.len(),
+            owners.len()
+        )));
+    }
+    Ok(positions.into_iter().zip(owners).collect())
+}
+
 /// The auxiliary targets of one conversation: at each `<IMG_CONTEXT>` position whose token an
 /// object covers, its colour word and its shape word, and with `with_positions` also the fifth of
 /// the width holding its centre (`0` to `4`, [`shapes::position_fifth`]): the horizontal
@@ -259,20 +285,9 @@ fn image_token_targets(
             _ => Err(DataError::Tokenizer(format!("{s:?} is not one token"))),
         }
     };
-    let ctx = tok
-        .token_to_id("<IMG_CONTEXT>")
-        .ok_or_else(|| DataError::Tokenizer("no <IMG_CONTEXT> token".into()))?;
-    let positions: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == ctx).collect();
-    let owners = token_objects(scene, patches);
-    if positions.len() != owners.len() {
-        return Err(DataError::Tokenizer(format!(
-            "{} image tokens in the prompt, {} in the grid",
-            positions.len(),
-            owners.len()
-        )));
-    }
     let mut out = Vec::new();
-    for (pos, owner) in positions.into_iter().zip(owners) {
+    for (pos, owner) in image_token_owners(tok, ids, scene, patches)? {
+        let pos = pos as usize;
         if let Some(k) = owner {
             let o = &scene.objects[k];
             out.push((pos, id(o.color.name())?));
@@ -345,27 +360,12 @@ fn attention_targets(
     patches: &pixlm_media::Patches,
     qs: &[(String, String, String)],
 ) -> Result<Vec<AttnTarget>, DataError> {
-    let ctx = tok
-        .token_to_id("<IMG_CONTEXT>")
-        .ok_or_else(|| DataError::Tokenizer("no <IMG_CONTEXT> token".into()))?;
-    let positions: Vec<u32> = (0..ex.ids.len())
-        .filter(|&i| ex.ids[i] == ctx)
-        .map(|i| i as u32)
-        .collect();
-    let owners = token_objects(scene, patches);
-    if positions.len() != owners.len() {
-        return Err(DataError::Tokenizer(format!(
-            "{} image tokens in the prompt, {} in the grid",
-            positions.len(),
-            owners.len()
-        )));
-    }
+    let owners = image_token_owners(tok, &ex.ids, scene, patches)?;
     let keys_of = |group: &[usize]| -> Vec<u32> {
-        positions
+        owners
             .iter()
-            .zip(&owners)
             .filter(|(_, o)| o.is_some_and(|k| group.contains(&k)))
-            .map(|(&p, _)| p)
+            .map(|&(p, _)| p)
             .collect()
     };
     let mut out = Vec::new();
@@ -454,42 +454,55 @@ pub fn build_conversation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shapes::{ColorName, ImageFormat, Object, Orientation, Scene, Shape};
     use crate::tokenizer_train::build_tokenizer;
 
-    #[test]
-    fn image_token_targets_name_the_covering_object() {
-        use crate::shapes::{ColorName, ImageFormat, Object, Orientation, Scene, Shape};
-        let tok = build_tokenizer();
-        let pre = PreprocessConfig {
-            min_pixels: 50176,
-            max_pixels: 50176,
-            ..Default::default()
-        };
-        // 224x224: a 7x7 grid of 32-pixel tokens. The square covers tokens (1..=2, 1..=2)
-        // exactly; the circle (centre of token (5, 5), diameter 16) covers a fifth of one.
-        let obj = |shape, color, center: [f32; 2], side: f32| Object {
-            shape,
-            color,
-            rgb: color.reference_rgb(),
-            center,
-            size: [side, side],
-            orientation: Orientation::Up,
-            antialias: false,
-        };
-        let scene = Scene {
+    /// A 224x224 PNG scene (a 7x7 grid of 32-pixel tokens) of upright, aliased objects given
+    /// as (shape, colour, centre, side).
+    fn scene_224(objects: &[(Shape, ColorName, [f32; 2], f32)]) -> Scene {
+        Scene {
             width: 224,
             height: 224,
             background: [250, 250, 250],
             noise: 0,
             noise_on_objects: false,
-            objects: vec![
-                obj(Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
-                obj(Shape::Circle, ColorName::Blue, [176.0, 176.0], 16.0),
-            ],
+            objects: objects
+                .iter()
+                .map(|&(shape, color, center, side)| Object {
+                    shape,
+                    color,
+                    rgb: color.reference_rgb(),
+                    center,
+                    size: [side, side],
+                    orientation: Orientation::Up,
+                    antialias: false,
+                })
+                .collect(),
             format: ImageFormat::Png,
+        }
+    }
+
+    /// The patches of a blank 224x224 image (the token grid of [`scene_224`]).
+    fn patches_224() -> pixlm_media::Patches {
+        let pre = PreprocessConfig {
+            min_pixels: 50176,
+            max_pixels: 50176,
+            ..Default::default()
         };
         let img = image::RgbImage::from_pixel(224, 224, image::Rgb([250, 250, 250]));
-        let patches = pixlm_media::preprocess(&img, &pre).unwrap();
+        pixlm_media::preprocess(&img, &pre).unwrap()
+    }
+
+    #[test]
+    fn image_token_targets_name_the_covering_object() {
+        let tok = build_tokenizer();
+        // The square covers tokens (1..=2, 1..=2) exactly; the circle (centre of token
+        // (5, 5), diameter 16) covers a fifth of one.
+        let scene = scene_224(&[
+            (Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
+            (Shape::Circle, ColorName::Blue, [176.0, 176.0], 16.0),
+        ]);
+        let patches = patches_224();
         let owners = token_objects(&scene, &patches);
         assert_eq!(owners.len(), 49);
         for r in 0..7 {
@@ -541,29 +554,11 @@ mod tests {
 
     #[test]
     fn questions_name_their_objects_and_heads_look_at_them() {
-        use crate::shapes::{ColorName, ImageFormat, Object, Orientation, Scene, Shape};
-        let obj = |shape, color, center: [f32; 2], side: f32| Object {
-            shape,
-            color,
-            rgb: color.reference_rgb(),
-            center,
-            size: [side, side],
-            orientation: Orientation::Up,
-            antialias: false,
-        };
-        let scene = Scene {
-            width: 224,
-            height: 224,
-            background: [250, 250, 250],
-            noise: 0,
-            noise_on_objects: false,
-            objects: vec![
-                obj(Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
-                obj(Shape::Circle, ColorName::Blue, [160.0, 160.0], 64.0),
-                obj(Shape::Circle, ColorName::Red, [160.0, 48.0], 40.0),
-            ],
-            format: ImageFormat::Png,
-        };
+        let scene = scene_224(&[
+            (Shape::Square, ColorName::Red, [64.0, 64.0], 64.0),
+            (Shape::Circle, ColorName::Blue, [160.0, 160.0], 64.0),
+            (Shape::Circle, ColorName::Red, [160.0, 48.0], 40.0),
+        ]);
         let named = |q: &str| named_objects(&scene, q);
         assert_eq!(named("What color is the square?"), vec![vec![0]]);
         assert_eq!(named("What shape is the blue object?"), vec![vec![1]]);
@@ -578,13 +573,7 @@ mod tests {
         assert_eq!(named("Where is the red circle?"), vec![vec![2]]);
 
         let tok = build_tokenizer();
-        let pre = PreprocessConfig {
-            min_pixels: 50176,
-            max_pixels: 50176,
-            ..Default::default()
-        };
-        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([250, 250, 250]));
-        let patches = pixlm_media::preprocess(&img, &pre).unwrap();
+        let patches = patches_224();
         let q = |s: &str, a: &str, k: &str| (s.to_string(), a.to_string(), k.to_string());
         let qs = vec![
             q("How many objects are there?", "3", "count_all"),
