@@ -674,9 +674,8 @@ impl Trainer {
         };
         self.logits(batch, Some(&mut trace))?;
         let mut sum = 0f64;
-        for (ex, probs) in batch.iter().zip(&trace.attn_probs) {
+        for ((ex, probs), rows) in batch.iter().zip(&trace.attn_probs).zip(probe_rows(&trace)?) {
             let Some(probs) = probs else { continue };
-            let rows = attn_probe(std::slice::from_ref(ex), 0).rows.remove(0);
             for t in &ex.attn_targets {
                 let Ok(row) = rows.binary_search(&(t.query as u32)) else {
                     continue;
@@ -1013,7 +1012,6 @@ pub fn fit_steps(steps: usize, done: usize, elapsed: f64, per_step: f64, limit: 
     done + more.max(1)
 }
 
-/// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
 /// The attention probe of a batch: the query rows of each example's attention targets.
 fn attn_probe(batch: &[Example], layer: usize) -> AttnProbe {
     let rows = batch
@@ -1032,6 +1030,14 @@ fn attn_probe(batch: &[Example], layer: usize) -> AttnProbe {
     }
 }
 
+/// The query rows a trace's attention probe asked for, per sequence.
+fn probe_rows(trace: &Trace) -> Result<&[Vec<u32>]> {
+    match &trace.attn_probe {
+        Some(p) => Ok(&p.rows),
+        None => Err(TrainError::Other("no attention probe in the trace".into())),
+    }
+}
+
 /// Query heads the attention targets use (`AttnTarget::head` is below this).
 const ATTN_TARGET_HEADS: usize = 2;
 
@@ -1039,10 +1045,9 @@ const ATTN_TARGET_HEADS: usize = 2;
 /// the probabilities of the probe [`attn_probe`] asked for.
 fn attn_target_nll(batch: &[Example], trace: &Trace) -> Result<Tensor> {
     let mut sum: Option<Tensor> = None;
-    for (ex, probs) in batch.iter().zip(&trace.attn_probs) {
+    for ((ex, probs), rows) in batch.iter().zip(&trace.attn_probs).zip(probe_rows(trace)?) {
         let Some(probs) = probs else { continue };
         let (r, heads, keys) = probs.dims3()?;
-        let rows = attn_probe(std::slice::from_ref(ex), 0).rows.remove(0);
         let mut on = vec![0f32; r * heads * keys];
         let mut wanted = vec![0f32; r * heads];
         for t in &ex.attn_targets {
@@ -1073,6 +1078,7 @@ fn attn_target_nll(batch: &[Example], trace: &Trace) -> Result<Tensor> {
     }
 }
 
+/// Log-probability of each row's target under `logits` (rows × classes): a (rows,) tensor.
 fn target_log_probs(logits: &Tensor, targets: Vec<u32>) -> Result<Tensor> {
     let n = targets.len();
     let targets = Tensor::from_vec(targets, (n, 1), logits.device())?;
