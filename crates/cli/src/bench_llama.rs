@@ -520,11 +520,11 @@ mod tests {
             cfg[k] = v.into();
         }
         cfg["tie_word_embeddings"] = false.into();
-        let path = std::env::temp_dir().join(format!("pixlm-vs-{}.gguf", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("vs.gguf");
         write_f32_gguf(&cfg, &path).unwrap();
         let mut f = std::fs::File::open(&path).unwrap();
         let c = gguf_file::Content::read(&mut f).unwrap();
-        std::fs::remove_file(&path).ok();
         assert_eq!(
             c.metadata["general.architecture"].to_string().unwrap(),
             "qwen3"

@@ -84,6 +84,11 @@ pub struct TrainArgs {
     /// The decoder layer (0-based) whose heads --attn-aux-weight supervises.
     #[arg(long, default_value_t = 3)]
     pub attn_aux_layer: usize,
+    /// Give attention targets only to these question kinds (comma-separated, e.g.
+    /// `count_shape,count_pair`; the kinds of --kind-weight). Default: every kind that names
+    /// an object.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS", value_parser = parse_kind)]
+    pub attn_aux_kinds: Vec<String>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -108,11 +113,8 @@ pub struct TrainArgs {
     pub compute: ComputeArgs,
 }
 
-/// Parses `--kind-weight KIND=W`.
-fn parse_kind_weight(s: &str) -> std::result::Result<(String, f64), String> {
-    let (kind, w) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected KIND=W, e.g. exists=4"))?;
+/// Parses a question kind: the task's and the training-only ones.
+fn parse_kind(kind: &str) -> std::result::Result<String, String> {
     use pixlm_train::shapes::{Kind, TRAINING_ONLY_KINDS};
     let known: Vec<&str> = Kind::ALL
         .iter()
@@ -125,13 +127,22 @@ fn parse_kind_weight(s: &str) -> std::result::Result<(String, f64), String> {
             known.join(", ")
         ));
     }
+    Ok(kind.to_string())
+}
+
+/// Parses `--kind-weight KIND=W`.
+fn parse_kind_weight(s: &str) -> std::result::Result<(String, f64), String> {
+    let (kind, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KIND=W, e.g. exists=4"))?;
+    let kind = parse_kind(kind)?;
     let w: f64 = w
         .parse()
         .map_err(|_| format!("{w:?} is not a number (in {s:?})"))?;
     if !(w >= 0.0 && w.is_finite()) {
         return Err(format!("the weight in {s:?} must be a non-negative number"));
     }
-    Ok((kind.to_string(), w))
+    Ok((kind, w))
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
@@ -184,6 +195,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         aux_positions: a.aux_positions,
         attn_aux_weight: a.attn_aux_weight,
         attn_aux_layer: a.attn_aux_layer,
+        attn_aux_kinds: a.attn_aux_kinds.clone(),
         init_from: a.init_from.clone(),
         ..TrainConfig::default()
     };

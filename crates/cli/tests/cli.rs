@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixtures, pixlm, tmpdir};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn stderr(o: &Output) -> String {
@@ -26,9 +26,10 @@ fn assert_clear_error(o: &Output, needle: &str) {
 }
 
 /// A copy of the neo-tiny model directory (weights linked) whose config.json is edited by `f`.
-fn model_variant(fx: &Path, name: &str, f: impl Fn(&mut serde_json::Value)) -> PathBuf {
+fn model_variant(fx: &Path, name: &str, f: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
     let src = fx.join("neo-tiny/model");
-    let dst = tmpdir(name);
+    let dst_guard = tmpdir(name);
+    let dst = dst_guard.path();
     for file in [
         "model.safetensors",
         "tokenizer.json",
@@ -40,7 +41,7 @@ fn model_variant(fx: &Path, name: &str, f: impl Fn(&mut serde_json::Value)) -> P
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     f(&mut cfg);
     std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
-    dst
+    dst_guard
 }
 
 #[test]
@@ -110,7 +111,8 @@ fn check_passes_on_the_neo_fixtures_and_fails_on_a_wrong_expectation() {
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
     assert!(out.contains("4 passed, 0 failed"), "{out}");
     // A copied case whose expected first token is changed must fail.
-    let d = tmpdir("badcase");
+    let d_guard = tmpdir("badcase");
+    let d = d_guard.path();
     let set = d.join("set");
     std::fs::create_dir_all(set.join("cases/text_only")).unwrap();
     std::os::unix::fs::symlink(
@@ -141,7 +143,8 @@ fn check_passes_on_the_neo_fixtures_and_fails_on_a_wrong_expectation() {
 fn missing_model_and_missing_files() {
     let o = pixlm(&["run", "--model", "/nonexistent/model", "hi"]);
     assert_clear_error(&o, "does not exist");
-    let d = tmpdir("empty-model");
+    let d_guard = tmpdir("empty-model");
+    let d = d_guard.path();
     let o = pixlm(&["run", "--model", d.to_str().unwrap(), "hi"]);
     assert_clear_error(&o, "config.json");
     // A file that is neither a directory nor a GGUF model.
@@ -150,7 +153,8 @@ fn missing_model_and_missing_files() {
     let o = pixlm(&["run", "--model", f.to_str().unwrap(), "hi"]);
     assert_clear_error(&o, "not a GGUF model");
     let Some(fx) = fixtures() else { return };
-    let d = tmpdir("no-weights");
+    let d_guard = tmpdir("no-weights");
+    let d = d_guard.path();
     std::fs::copy(fx.join("neo-tiny/model/config.json"), d.join("config.json")).unwrap();
     std::fs::copy(
         fx.join("neo-tiny/model/tokenizer.json"),
@@ -172,12 +176,14 @@ fn missing_model_and_missing_files() {
 #[test]
 fn unknown_model_type_and_truncated_weights() {
     let Some(fx) = fixtures() else { return };
-    let d = model_variant(&fx, "llama", |c| {
+    let d_guard = model_variant(&fx, "llama", |c| {
         c["model_type"] = serde_json::json!("llama")
     });
+    let d = d_guard.path();
     let o = pixlm(&["run", "--model", d.to_str().unwrap(), "hi"]);
     assert_clear_error(&o, "llama");
-    let d = tmpdir("truncated");
+    let d_guard = tmpdir("truncated");
+    let d = d_guard.path();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fx.join("neo-tiny/model").join(f), d.join(f)).unwrap();
     }
@@ -192,7 +198,8 @@ fn bad_images_are_clear_errors() {
     let Some(fx) = fixtures() else { return };
     let model = fx.join("neo-tiny/model");
     let m = model.to_str().unwrap();
-    let d = tmpdir("images");
+    let d_guard = tmpdir("images");
+    let d = d_guard.path();
     // Random bytes.
     let junk = d.join("junk.png");
     std::fs::write(&junk, b"this is not an image at all").unwrap();
@@ -243,9 +250,10 @@ fn bad_images_are_clear_errors() {
 #[test]
 fn prompt_past_the_context_is_refused() {
     let Some(fx) = fixtures() else { return };
-    let d = model_variant(&fx, "short-ctx", |c| {
+    let d_guard = model_variant(&fx, "short-ctx", |c| {
         c["llm_config"]["max_position_embeddings"] = serde_json::json!(32)
     });
+    let d = d_guard.path();
     let long = "word ".repeat(100);
     let o = pixlm(&["run", "--model", d.to_str().unwrap(), &long]);
     assert_clear_error(&o, "context");
@@ -292,8 +300,8 @@ fn bad_flags_are_refused() {
 
 #[test]
 fn bad_training_flags_are_refused() {
-    let out = tmpdir("badtrain");
-    let out = out.to_str().unwrap();
+    let out_guard = tmpdir("badtrain");
+    let out = out_guard.path().to_str().unwrap();
     for (flag, value, needle) in [
         ("--aux-weight", "-1", "aux-weight"),
         ("--aux-weight", "nan", "aux-weight"),
@@ -304,6 +312,11 @@ fn bad_training_flags_are_refused() {
         ("--kind-weight", "colour=2", "colour"),
         ("--kind-weight", "exists=-1", "non-negative"),
         ("--kind-weight", "exists=x", "not a number"),
+        (
+            "--attn-aux-kinds",
+            "color,shapes",
+            "unknown question kind \"shapes\"",
+        ),
         (
             "--init-from",
             "/nonexistent-pixlm-ckpt",
@@ -428,7 +441,8 @@ fn bench_vs_llama_cpp_refuses_bad_choices() {
 fn bench_writes_a_random_checkpoint_in_the_real_layout() {
     let Some(fx) = fixtures() else { return };
     let tok = fx.join("neo-tiny/model");
-    let d = tmpdir("random-neo-tiny");
+    let d_guard = tmpdir("random-neo-tiny");
+    let d = d_guard.path();
     let out = d.join("model");
     let o = pixlm(&[
         "bench",

@@ -18,7 +18,8 @@ fn quantize_to_gguf_then_run_from_the_single_file() {
     let Some(fx) = fixtures() else { return };
     let model = fx.join("neo-tiny/model");
     let img = fx.join("neo-tiny/cases/single_image/image_1.png");
-    let d = tmpdir("roundtrip");
+    let d_guard = tmpdir("roundtrip");
+    let d = d_guard.path();
     let out = d.join("neo-tiny-q8_0.gguf");
     let o = pixlm(&[
         "quantize",
@@ -39,7 +40,8 @@ fn quantize_to_gguf_then_run_from_the_single_file() {
         "{stdout}"
     );
     // The file alone: copied into an empty directory, away from the checkpoint.
-    let alone = tmpdir("alone");
+    let alone_guard = tmpdir("alone");
+    let alone = alone_guard.path();
     let file = alone.join("m.gguf");
     std::fs::copy(&out, &file).unwrap();
     let args = |m: &str, extra: &[&str]| {
@@ -74,14 +76,13 @@ fn quantize_to_gguf_then_run_from_the_single_file() {
     assert_eq!(from_file, at_load);
     // And on this fixture Q8_0's greedy answer is the f32 one.
     assert_eq!(from_file, dense);
-    let _ = std::fs::remove_dir_all(&d);
-    let _ = std::fs::remove_dir_all(&alone);
 }
 
 #[test]
 fn foreign_gguf_and_bad_options_are_refused() {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    let d = tmpdir("foreign");
+    let d_guard = tmpdir("foreign");
+    let d = d_guard.path();
     let path = d.join("llama.gguf");
     let t = QTensor::quantize(
         &candle_core::Tensor::ones((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
@@ -116,14 +117,14 @@ fn foreign_gguf_and_bad_options_are_refused() {
     assert!(text(&o).1.contains("not a checkpoint directory"));
     let o = pixlm(&["run", "--quant", "q3", "hi"]);
     assert!(!o.status.success());
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn qwen3_gguf_keeps_chat_template_and_stop_tokens() {
     let Some(fx) = fixtures() else { return };
     let model = fx.join("qwen3-moe-tiny/model");
-    let d = tmpdir("qwen3");
+    let d_guard = tmpdir("qwen3");
+    let d = d_guard.path();
     let out = d.join("moe.gguf");
     let o = pixlm(&[
         "quantize",
@@ -155,5 +156,4 @@ fn qwen3_gguf_keeps_chat_template_and_stop_tokens() {
         run(out.to_str().unwrap(), &[]),
         run(model.to_str().unwrap(), &["--quant", "q8_0"])
     );
-    let _ = std::fs::remove_dir_all(&d);
 }

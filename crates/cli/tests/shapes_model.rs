@@ -30,8 +30,8 @@ fn quick_start_answers_correctly() {
 
 #[test]
 fn held_out_accuracy_floor() {
-    let dir = std::env::temp_dir().join(format!("pixlm-heldout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = common::tmpdir("heldout");
+    let dir = tmp.path().join("set");
     let o = pixlm(&[
         "gen-shapes",
         dir.to_str().unwrap(),

@@ -740,34 +740,27 @@ mod tests {
         assert!(render("{% if %}", &[], serde_json::json!({})).is_err());
     }
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("pixlm-prompt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn loads_template_forms() {
-        let d = temp_dir("forms");
+        let tmp = tempfile::tempdir().expect("a scratch directory");
+        let d = tmp.path();
         std::fs::write(
             d.join("tokenizer_config.json"),
             r#"{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "pad_token": null,
                 "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D{{ eos_token }}"}]}"#,
         )
         .unwrap();
-        let t = ChatTemplate::load(&d).unwrap().unwrap();
+        let t = ChatTemplate::load(d).unwrap().unwrap();
         assert_eq!(t.source, "{{ bos_token }}D{{ eos_token }}");
         assert_eq!(t.render(&[], true, &Map::new()).unwrap(), "<s>D</s>");
         // No template in the config: chat_template.jinja is used; neither: None.
         std::fs::write(d.join("tokenizer_config.json"), r#"{"eos_token": "</s>"}"#).unwrap();
-        assert!(ChatTemplate::load(&d).unwrap().is_none());
+        assert!(ChatTemplate::load(d).unwrap().is_none());
         std::fs::write(d.join("chat_template.jinja"), "J{{ eos_token }}").unwrap();
-        let t = ChatTemplate::load(&d).unwrap().unwrap();
+        let t = ChatTemplate::load(d).unwrap().unwrap();
         assert_eq!(t.render(&[], true, &Map::new()).unwrap(), "J</s>");
         std::fs::write(d.join("tokenizer_config.json"), "{not json").unwrap();
-        assert!(ChatTemplate::load(&d).is_err());
-        let _ = std::fs::remove_dir_all(&d);
+        assert!(ChatTemplate::load(d).is_err());
     }
 
     #[test]

@@ -82,11 +82,10 @@ fn measure(
         let a = compare(&reference, &got);
         let g = greedy(&q, &prompt.0, &prompt.1, 16);
         let size = if export {
-            let out =
-                std::env::temp_dir().join(format!("pixlm-acc-{}-{fmt}.gguf", std::process::id()));
+            let tmp = temp_dir("acc");
+            let out = tmp.path().join(format!("{fmt}.gguf"));
             let texts = texts(&std::fs::read_to_string(dir.join("config.json")).unwrap());
             let rep = gguf::export(dir, &cfg, neo, fmt, false, &texts, &out, &mut |_| {}).unwrap();
-            let _ = std::fs::remove_file(&out);
             Some((rep.file_bytes, rep.f32_bytes))
         } else {
             None
@@ -242,16 +241,16 @@ fn quantization_accuracy() {
                     },
                     _ => panic!("unknown shape {other}"),
                 };
-                let dir = temp_dir(other);
-                write_random_neo(&dir, &s, 11);
+                let dir_guard = temp_dir(other);
+                let dir = dir_guard.path();
+                write_random_neo(dir, &s, 11);
                 measure(
                     &format!("{other} (random)"),
-                    &dir,
+                    dir,
                     Some(ids(s.vocab)),
                     &prompt(&s, 32),
                     true,
                 );
-                let _ = std::fs::remove_dir_all(&dir);
             }
         }
     }

@@ -38,15 +38,16 @@ fn load(path: &std::path::Path, quant: Option<QuantFormat>) -> (Model, pixlm_mod
 
 #[test]
 fn quantized_load_and_gguf_round_trip_agree_with_f32() {
-    let dir = temp_dir("roundtrip");
-    write_random_neo(&dir, &SHAPE, 7);
+    let dir_guard = temp_dir("roundtrip");
+    let dir = dir_guard.path();
+    write_random_neo(dir, &SHAPE, 7);
     let (ids_, images) = prompt(&SHAPE, 24);
-    let (dense, r) = load(&dir, None);
+    let (dense, r) = load(dir, None);
     assert!(r.layers.is_empty(), "a dense load installs no loader");
     let reference = all_logits(&dense, &ids_, &images);
     let (ref_greedy, ref_margins) = greedy_with_margins(&dense, &ids_, &images, 6);
     let cfg_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let cfg = ModelConfig::from_dir(dir).unwrap();
     let f32_bytes = std::fs::metadata(dir.join("model.safetensors"))
         .unwrap()
         .len();
@@ -56,7 +57,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         (QuantFormat::Q4K, 0.2, 0.35, 0.6, 0.16),
     ] {
         // 1. Quantized at load from safetensors.
-        let (q, report) = load(&dir, Some(fmt));
+        let (q, report) = load(dir, Some(fmt));
         // q k v o q_hw k_hw gate up down per layer, then embed_tokens, lm_head, and the patch
         // embedding's two convolutions (input 768 fits both; the 2x2 conv's 128 takes Q4_K's
         // Q4_0 fallback).
@@ -87,7 +88,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         let out = dir.join(format!("model-{fmt}.gguf"));
         let mut events = 0;
         let rep = gguf::export(
-            &dir,
+            dir,
             &cfg,
             Some(ids(SHAPE.vocab)),
             fmt,
@@ -142,7 +143,7 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
         // With dense embeddings, only the linear layers are quantized and the file is larger.
         let out_dense = dir.join(format!("model-{fmt}-dense-emb.gguf"));
         let rep_dense = gguf::export(
-            &dir,
+            dir,
             &cfg,
             Some(ids(SHAPE.vocab)),
             fmt,
@@ -183,12 +184,12 @@ fn quantized_load_and_gguf_round_trip_agree_with_f32() {
             assert_eq!(gen[..clear], ref_greedy[..clear], "margins {ref_margins:?}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn layers_that_do_not_fit_stay_dense_and_are_reported() {
-    let dir = temp_dir("narrow");
+    let dir_guard = temp_dir("narrow");
+    let dir = dir_guard.path();
     // hidden 48 fits no block: q k v q_hw k_hw gate up and the tied embedding stay dense; o
     // (input 64) and down (96) fit Q8_0's 32 and, under Q4_K, its Q4_0 fallback; the patch
     // embedding (768) fits both, the 2x2 conv (128) takes the fallback under Q4_K.
@@ -203,8 +204,8 @@ fn layers_that_do_not_fit_stay_dense_and_are_reported() {
         vision: 32,
         tied: true,
     };
-    write_random_neo(&dir, &s, 3);
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    write_random_neo(dir, &s, 3);
+    let cfg = ModelConfig::from_dir(dir).unwrap();
     let fallback = pixlm_models::layers::linear::Q4K_FALLBACK;
     for (fmt, want) in [
         (
@@ -225,7 +226,7 @@ fn layers_that_do_not_fit_stay_dense_and_are_reported() {
             quant: Some(fmt),
             ..Default::default()
         };
-        let (m, r) = Model::load_with_report(&dir, &cfg, Some(ids(s.vocab)), &opts).unwrap();
+        let (m, r) = Model::load_with_report(dir, &cfg, Some(ids(s.vocab)), &opts).unwrap();
         let quantized: Vec<(&str, GgmlDType)> = r.quantized_types().collect();
         assert_eq!(quantized.len(), 4, "{fmt}: {quantized:?}");
         let ty = |suffix: &str| {
@@ -258,12 +259,12 @@ fn layers_that_do_not_fit_stay_dense_and_are_reported() {
         let l = all_logits(&m, &ids_, &images);
         assert_eq!(l.dims(), &[ids_.len(), s.vocab]);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn foreign_gguf_is_refused_naming_the_missing_key() {
-    let dir = temp_dir("foreign");
+    let dir_guard = temp_dir("foreign");
+    let dir = dir_guard.path();
     let path = dir.join("other.gguf");
     let t = QTensor::quantize(
         &Tensor::ones((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
@@ -293,7 +294,6 @@ fn foreign_gguf_is_refused_naming_the_missing_key() {
     // A file that is not GGUF at all is not taken for one.
     std::fs::write(dir.join("x.gguf"), b"nope").unwrap();
     assert!(!gguf::is_gguf(&dir.join("x.gguf")));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -332,7 +332,8 @@ fn quantized_models_can_be_shared_across_threads() {
 
 #[test]
 fn truncated_gguf_is_an_error_not_a_crash() {
-    let dir = temp_dir("truncated");
+    let dir_guard = temp_dir("truncated");
+    let dir = dir_guard.path();
     let s = Shape {
         hidden: 64,
         inter: 128,
@@ -344,12 +345,12 @@ fn truncated_gguf_is_an_error_not_a_crash() {
         vision: 32,
         tied: true,
     };
-    write_random_neo(&dir, &s, 5);
+    write_random_neo(dir, &s, 5);
     let cfg_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let cfg = ModelConfig::from_dir(dir).unwrap();
     let out = dir.join("m.gguf");
     gguf::export(
-        &dir,
+        dir,
         &cfg,
         Some(ids(s.vocab)),
         QuantFormat::Q8_0,
@@ -369,5 +370,4 @@ fn truncated_gguf_is_an_error_not_a_crash() {
             .to_string(),
     };
     assert!(err.contains("truncated") || err.contains("GGUF"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,8 +49,11 @@ fn loads_sharded_checkpoint() {
         return;
     };
     let src = fx.join("neo-tiny/model");
-    let dst = std::env::temp_dir().join(format!("pixlm-sharded-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
+    let tmp = tempfile::Builder::new()
+        .prefix("pixlm-sharded-")
+        .tempdir()
+        .unwrap();
+    let dst = tmp.path().join("sharded");
     std::fs::create_dir_all(&dst).unwrap();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
@@ -84,8 +87,7 @@ fn loads_sharded_checkpoint() {
         "bf16 values are exact in f32, so the logits must be identical"
     );
     // f16 weights: tiny embedding values fall into f16's subnormal range, so allow rounding.
-    let f16_dir = dst.with_extension("f16");
-    let _ = std::fs::remove_dir_all(&f16_dir);
+    let f16_dir = tmp.path().join("f16");
     std::fs::create_dir_all(&f16_dir).unwrap();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), f16_dir.join(f)).unwrap();

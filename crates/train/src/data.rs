@@ -53,6 +53,8 @@ pub struct AttnTarget {
     pub query: usize,
     pub head: usize,
     pub keys: Vec<u32>,
+    /// The kind of the question whose answer position `query` is.
+    pub kind: String,
 }
 
 /// One object of an example's image: its shape and the image tokens it covers.
@@ -393,7 +395,12 @@ fn attention_targets(
         for (head, group) in [first, last].into_iter().enumerate() {
             let keys = keys_of(group);
             if !keys.is_empty() {
-                out.push(AttnTarget { query, head, keys });
+                out.push(AttnTarget {
+                    query,
+                    head,
+                    keys,
+                    kind: kind.clone(),
+                });
             }
         }
     }
@@ -610,6 +617,7 @@ mod tests {
             query: ex.turn_queries[turn],
             head,
             keys,
+            kind: qs[turn].2.clone(),
         };
         let mut circles = [of(1), of(2)].concat();
         circles.sort_unstable();

@@ -389,8 +389,8 @@ mod tests {
 
     #[test]
     fn save_dir_writes_both_files() {
-        let d = std::env::temp_dir().join(format!("pixlm-tok-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let tmp = tempfile::tempdir().expect("a scratch directory");
+        let d = tmp.path().join("tok");
         let tok = save_dir(&d).expect("save");
         let json = std::fs::read_to_string(d.join("tokenizer.json")).expect("read");
         assert_eq!(json, tokenizer_json(&tok).expect("json"));

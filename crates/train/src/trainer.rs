@@ -108,6 +108,9 @@ pub struct TrainConfig {
     /// The decoder layer (0-based) whose heads the attention targets supervise.
     #[serde(default)]
     pub attn_aux_layer: usize,
+    /// The question kinds whose answers get attention targets; empty means every kind.
+    #[serde(default)]
+    pub attn_aux_kinds: Vec<String>,
     /// A checkpoint (a `pixlm train` output directory) whose weights start this run instead
     /// of a random initialisation: a fine-tune, with a fresh optimizer and schedule. Its
     /// `config.json` fixes the model's sizes. Ignored when a run resumes (its own checkpoint
@@ -184,6 +187,7 @@ impl Default for TrainConfig {
             aux_positions: false,
             attn_aux_weight: 0.0,
             attn_aux_layer: 0,
+            attn_aux_kinds: Vec::new(),
             init_from: None,
         }
     }
@@ -517,7 +521,7 @@ impl Trainer {
                 .wrapping_add(step as u64),
         );
         let mut bal = QuestionBalancer::new();
-        Ok(draw_batch(
+        let mut batch = draw_batch(
             &mut rng,
             &mut bal,
             tok,
@@ -530,7 +534,14 @@ impl Trainer {
                 positions: config.pair_positions,
                 aux_positions: config.aux_positions,
             },
-        )?)
+        )?;
+        if !config.attn_aux_kinds.is_empty() {
+            for ex in &mut batch {
+                ex.attn_targets
+                    .retain(|t| config.attn_aux_kinds.contains(&t.kind));
+            }
+        }
+        Ok(batch)
     }
 
     /// Logits at every position of each example, one packed forward from empty caches.

@@ -4,6 +4,7 @@
 use pixlm_engine::{ChatMessage, Content, Engine, GenerateOptions, ImageUrl, Part};
 use pixlm_train::model_spec::ModelSpec;
 use pixlm_train::trainer::{TrainConfig, Trainer};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 fn config(steps: usize) -> TrainConfig {
@@ -30,15 +31,20 @@ fn config(steps: usize) -> TrainConfig {
     }
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixlm-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A run directory `name`, not yet made, inside a fresh scratch directory that is removed when
+/// the returned guard drops.
+fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::Builder::new()
+        .prefix("pixlm-train-")
+        .tempdir()
+        .expect("a scratch directory");
+    let d = guard.path().join(name);
+    (guard, d)
 }
 
 #[test]
 fn loss_falls_and_checkpoint_runs() {
-    let out = tmp("smoke");
+    let (_out_guard, out) = tmp("smoke");
     // The answers' loss alone (the object-shape head's loss falls more slowly).
     let cfg = TrainConfig {
         stem_aux_weight: 0.0,
@@ -97,7 +103,7 @@ fn attention_targets_pull_the_heads_to_the_named_objects() {
     // With the attention targets weighed heavily, the supervised heads of layer 1 come to put
     // much more of their attention on the image tokens of the objects each question names
     // (measured on a batch the run never trained on).
-    let out = tmp("attn");
+    let (_out_guard, out) = tmp("attn");
     let cfg = TrainConfig {
         stem_aux_weight: 0.0,
         attn_aux_weight: 4.0,
@@ -116,11 +122,32 @@ fn attention_targets_pull_the_heads_to_the_named_objects() {
 }
 
 #[test]
+fn attention_targets_can_be_limited_to_some_kinds() {
+    let (_guard, out) = tmp("kinds");
+    let t = Trainer::new(config(1), &out, false).unwrap();
+    let kinds = |cfg: &TrainConfig| -> BTreeSet<String> {
+        Trainer::batch_for(cfg, t.tokenizer(), t.preprocess_config(), 7)
+            .unwrap()
+            .iter()
+            .flat_map(|ex| ex.attn_targets.iter().map(|a| a.kind.clone()))
+            .collect()
+    };
+    let all = kinds(&config(1));
+    assert!(all.len() > 2, "{all:?}");
+    let cfg = TrainConfig {
+        attn_aux_kinds: vec!["count_shape".into(), "exists".into()],
+        ..config(1)
+    };
+    let some = kinds(&cfg);
+    assert!(!some.is_empty() && some.iter().all(|k| cfg.attn_aux_kinds.contains(k)));
+}
+
+#[test]
 fn resume_continues_exactly() {
-    let full = tmp("full");
+    let (_full_guard, full) = tmp("full");
     let mut t = Trainer::new(config(6), &full, false).unwrap();
     t.run(None, &mut |_| {}).unwrap();
-    let split = tmp("split");
+    let (_split_guard, split) = tmp("split");
     let mut cfg = config(6);
     cfg.save_every = 3;
     let mut a = Trainer::new(cfg.clone(), &split, false).unwrap();
@@ -156,7 +183,7 @@ fn two_workers_match_one() {
     // gradients are summed in batch order, so any worker count gives the same bits.
     let mut weights = Vec::new();
     for workers in [1, 2, 3] {
-        let out = tmp(&format!("workers{workers}"));
+        let (_out_guard, out) = tmp(&format!("workers{workers}"));
         let mut cfg = config(2);
         cfg.workers = workers;
         let mut t = Trainer::new(cfg, &out, false).unwrap();
@@ -181,12 +208,12 @@ fn two_workers_match_one() {
 
 #[test]
 fn init_from_starts_from_the_checkpoint() {
-    let base = tmp("base");
+    let (_base_guard, base) = tmp("base");
     let mut t = Trainer::new(config(3), &base, false).unwrap();
     t.run(None, &mut |_| {}).unwrap();
     // A fine-tune takes the checkpoint's weights and sizes (here the `small` preset is asked
     // for, the checkpoint is `tiny`), with a fresh optimizer from step 0.
-    let tuned = tmp("tuned");
+    let (_tuned_guard, tuned) = tmp("tuned");
     let cfg = TrainConfig {
         spec: ModelSpec::preset("small").unwrap(),
         init_from: Some(base.clone()),
@@ -208,7 +235,7 @@ fn init_from_starts_from_the_checkpoint() {
         assert_eq!(d, 0.0, "{k} was not taken from the checkpoint");
     }
     // A fresh run with the fine-tune's seed starts elsewhere (so the check above can fail).
-    let fresh = tmp("fresh");
+    let (_fresh_guard, fresh) = tmp("fresh");
     let t = Trainer::new(
         TrainConfig {
             seed: 8,
@@ -228,7 +255,7 @@ fn init_from_starts_from_the_checkpoint() {
         init_from: Some(fresh.join("nowhere")),
         ..config(2)
     };
-    let err = Trainer::new(cfg, &tmp("bad"), false)
+    let err = Trainer::new(cfg, &tmp("bad").1, false)
         .err()
         .unwrap()
         .to_string();

@@ -30,14 +30,11 @@ pub fn fixtures() -> Option<PathBuf> {
     }
 }
 
-/// A fresh, empty scratch directory named after the test binary, the process and `name`.
-pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "pixlm-{}-{}-{name}",
-        env!("CARGO_CRATE_NAME"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty scratch directory named after the test binary and `name`; it is removed when
+/// the returned guard drops.
+pub fn tmpdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("pixlm-{}-{name}-", env!("CARGO_CRATE_NAME")))
+        .tempdir()
+        .expect("a scratch directory")
 }

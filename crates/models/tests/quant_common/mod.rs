@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use pixlm_models::{
     ImageInput, KvCache, LogitsWanted, Model, ModelConfig, NeoSpecialIds, SeqInput,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -30,11 +30,12 @@ pub fn ids(vocab: usize) -> NeoSpecialIds {
     }
 }
 
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixlm-quant-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh scratch directory, removed when the returned guard drops.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("pixlm-quant-{tag}-"))
+        .tempdir()
+        .expect("a scratch directory")
 }
 
 pub fn config_json(s: &Shape) -> String {

@@ -105,10 +105,15 @@ fn scenes(seed: u64, n: usize) -> Vec<Scene> {
     (0..n).map(|_| Scene::sample(&mut rng)).collect()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixlm-shapes-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A directory `name`, not yet made, inside a fresh scratch directory that is removed when the
+/// returned guard drops.
+fn temp_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::Builder::new()
+        .prefix("pixlm-shapes-")
+        .tempdir()
+        .expect("a scratch directory");
+    let d = guard.path().join(name);
+    (guard, d)
 }
 
 #[test]
@@ -408,8 +413,8 @@ fn same_seed_same_examples() {
 
 #[test]
 fn eval_set_round_trip_and_determinism() {
-    let d1 = temp_dir("rt1");
-    let d2 = temp_dir("rt2");
+    let (_d1_guard, d1) = temp_dir("rt1");
+    let (_d2_guard, d2) = temp_dir("rt2");
     let n = write_eval_set(&d1, 60, 5, 42).expect("write");
     assert_eq!(n, 300);
     assert_eq!(write_eval_set(&d2, 60, 5, 42).expect("write"), n);
@@ -467,13 +472,11 @@ fn eval_set_round_trip_and_determinism() {
         *kinds.entry(kind).or_insert(0) += 1;
     }
     assert_eq!(kinds.len(), 6, "{kinds:?}");
-    let _ = std::fs::remove_dir_all(&d1);
-    let _ = std::fs::remove_dir_all(&d2);
 }
 
 #[test]
 fn read_eval_set_reports_clear_errors() {
-    let d = temp_dir("errors");
+    let (_d_guard, d) = temp_dir("errors");
     let err = read_eval_set(&d).expect_err("missing");
     assert!(matches!(err, ShapesError::MissingFile { .. }), "{err}");
     assert!(err.to_string().contains("questions.jsonl"), "{err}");
@@ -531,7 +534,6 @@ fn read_eval_set_reports_clear_errors() {
     write("\n".into());
     let err = read_eval_set(&d).expect_err("empty");
     assert!(matches!(err, ShapesError::Empty { .. }), "{err}");
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
