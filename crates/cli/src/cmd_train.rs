@@ -89,6 +89,11 @@ pub struct TrainArgs {
     /// an object.
     #[arg(long, value_delimiter = ',', value_name = "KINDS", value_parser = parse_kind)]
     pub attn_aux_kinds: Vec<String>,
+    /// Let the attention targets hand over to the answers: their weight falls linearly from
+    /// --attn-aux-weight at the first step to 0 at this fraction of --steps (0 to 1), and
+    /// stays 0 after. Default: the same weight for the whole run.
+    #[arg(long, value_name = "FRACTION")]
+    pub attn_aux_until: Option<f64>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -173,6 +178,11 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             spec.layers
         );
     }
+    if let Some(f) = a.attn_aux_until {
+        if !(f > 0.0 && f <= 1.0) {
+            bail!("--attn-aux-until must be a fraction of the run, above 0 and at most 1");
+        }
+    }
     if a.steps == 0 || a.batch == 0 || a.save_every == 0 || a.per_image == 0 {
         bail!("--steps, --batch, --per-image and --save-every must be positive");
     }
@@ -196,6 +206,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         attn_aux_weight: a.attn_aux_weight,
         attn_aux_layer: a.attn_aux_layer,
         attn_aux_kinds: a.attn_aux_kinds.clone(),
+        attn_aux_until: a.attn_aux_until,
         init_from: a.init_from.clone(),
         ..TrainConfig::default()
     };

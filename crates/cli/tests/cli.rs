@@ -317,6 +317,7 @@ fn bad_training_flags_are_refused() {
             "color,shapes",
             "unknown question kind \"shapes\"",
         ),
+        ("--attn-aux-until", "1.5", "--attn-aux-until"),
         (
             "--init-from",
             "/nonexistent-pixlm-ckpt",

@@ -111,6 +111,13 @@ pub struct TrainConfig {
     /// The question kinds whose answers get attention targets; empty means every kind.
     #[serde(default)]
     pub attn_aux_kinds: Vec<String>,
+    /// With `Some(f)`, the attention targets keep `attn_aux_weight` through warmup, then
+    /// their weight falls linearly to 0 at step `f × steps` and stays 0 after: the targets
+    /// start the lookup, then the answers alone shape it. (Warmup is where a time limit may
+    /// cut `steps`, so the weights before it never depend on `steps`.) `None`: the same weight
+    /// for the whole run.
+    #[serde(default)]
+    pub attn_aux_until: Option<f64>,
     /// A checkpoint (a `pixlm train` output directory) whose weights start this run instead
     /// of a random initialisation: a fine-tune, with a fresh optimizer and schedule. Its
     /// `config.json` fixes the model's sizes. Ignored when a run resumes (its own checkpoint
@@ -120,6 +127,21 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The attention targets' weight at `step` (see `attn_aux_until`).
+    pub fn attn_aux_weight_at(&self, step: usize) -> f64 {
+        match self.attn_aux_until {
+            None => self.attn_aux_weight,
+            Some(_) if step < self.warmup => self.attn_aux_weight,
+            Some(f) => {
+                let (warm, end) = (self.warmup as f64, f * self.steps as f64);
+                if end <= warm {
+                    return 0.0;
+                }
+                self.attn_aux_weight * (1.0 - (step as f64 - warm) / (end - warm)).max(0.0)
+            }
+        }
+    }
+
     /// The weight of an answer token of question kind `kind` (1 unless `kind_weights` says).
     pub fn kind_weight(&self, kind: &str) -> f64 {
         self.kind_weights.get(kind).copied().unwrap_or(1.0)
@@ -188,6 +210,7 @@ impl Default for TrainConfig {
             attn_aux_weight: 0.0,
             attn_aux_layer: 0,
             attn_aux_kinds: Vec::new(),
+            attn_aux_until: None,
             init_from: None,
         }
     }
@@ -574,7 +597,7 @@ impl Trainer {
         attn_total: usize,
     ) -> Result<Tensor> {
         let mut trace = Trace::default();
-        let attn_w = self.config.attn_aux_weight;
+        let attn_w = self.config.attn_aux_weight_at(self.step);
         if attn_w > 0.0 {
             trace.attn_probe = Some(attn_probe(batch, self.config.attn_aux_layer));
         }
@@ -1126,6 +1149,45 @@ fn tok_id(tok: &tokenizers::Tokenizer, s: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_target_weight_hands_over_after_warmup() {
+        let c = TrainConfig {
+            steps: 1000,
+            warmup: 100,
+            attn_aux_weight: 0.5,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            c.attn_aux_weight_at(900),
+            0.5,
+            "constant without a hand-over"
+        );
+        let c = TrainConfig {
+            attn_aux_until: Some(0.5),
+            ..c
+        };
+        // Full weight through warmup, then a straight line to 0 at step 500, and 0 after.
+        assert_eq!(c.attn_aux_weight_at(0), 0.5);
+        assert_eq!(c.attn_aux_weight_at(99), 0.5);
+        assert_eq!(c.attn_aux_weight_at(100), 0.5);
+        assert!((c.attn_aux_weight_at(300) - 0.25).abs() < 1e-12);
+        assert_eq!(c.attn_aux_weight_at(500), 0.0);
+        assert_eq!(c.attn_aux_weight_at(999), 0.0);
+        // Warmup's weights do not depend on the run's length (a time limit may cut it).
+        let cut = TrainConfig {
+            steps: 400,
+            ..c.clone()
+        };
+        assert_eq!(cut.attn_aux_weight_at(50), c.attn_aux_weight_at(50));
+        // A hand-over that would end inside warmup ends with it.
+        let short = TrainConfig {
+            attn_aux_until: Some(0.05),
+            ..c
+        };
+        assert_eq!(short.attn_aux_weight_at(99), 0.5);
+        assert_eq!(short.attn_aux_weight_at(100), 0.0);
+    }
 
     #[test]
     fn fit_steps_keeps_a_run_that_fits_and_cuts_one_that_does_not() {
