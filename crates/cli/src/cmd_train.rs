@@ -111,6 +111,12 @@ pub struct TrainArgs {
     /// stops at the limit.
     #[arg(long)]
     pub time_limit_min: Option<f64>,
+    /// Save and end the run after step N, on the learning-rate schedule of --steps: the
+    /// checkpoint is the one the whole run holds at that step, and --resume continues it.
+    /// With --time-limit-min, the run is planned to reach step N; if that does not fit, the
+    /// schedule is shortened as described there and the run goes to its new end.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_after: Option<u64>,
     /// Print one line per N steps instead of a progress bar.
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -212,9 +218,11 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     };
     let mut trainer = Trainer::new(config, &a.out, a.resume).context("setting up training")?;
     let steps = trainer.config.steps;
+    let stop = a.stop_after.map(|n| n as usize).filter(|&n| n < steps);
     eprintln!(
-        "training {} steps × {} sequences into {} (starting at step {}{}, {} worker{})",
+        "training {} steps{} × {} sequences into {} (starting at step {}{}, {} worker{})",
         steps,
+        stop.map_or(String::new(), |n| format!(" (stopping after step {n})")),
         trainer.config.batch,
         a.out.display(),
         trainer.step,
@@ -228,7 +236,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let bar = if a.log_every.is_some() {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(steps as u64)
+        ProgressBar::new(stop.unwrap_or(steps) as u64)
     };
     bar.set_style(
         ProgressStyle::with_template(
@@ -241,7 +249,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let mut planned = steps;
     let log_every = a.log_every;
     let limit = a.time_limit_min.map(|m| Duration::from_secs_f64(m * 60.0));
-    trainer.run(limit, &mut |s| {
+    trainer.run(limit, a.stop_after.map(|n| n as usize), &mut |s| {
         let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
         ema = Some(e);
         let msg = format!(

@@ -318,6 +318,7 @@ fn bad_training_flags_are_refused() {
             "unknown question kind \"shapes\"",
         ),
         ("--attn-aux-until", "1.5", "--attn-aux-until"),
+        ("--stop-after", "0", "--stop-after"),
         (
             "--init-from",
             "/nonexistent-pixlm-ckpt",

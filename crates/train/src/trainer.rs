@@ -967,18 +967,25 @@ impl Trainer {
     /// depend on `config.steps`, so the shortened run is exactly the run that `--steps` of
     /// the new length would give: it is reproducible, and its cosine decay still ends at its
     /// last step. If the machine then slows down, the run still saves and stops at the limit.
+    ///
+    /// With `stop_after`, the run saves and ends after that step, on the schedule of
+    /// `config.steps`: the checkpoint is the one a full run holds at that step. The time fit
+    /// then plans for the stop; if even that does not fit, the schedule is shortened as above
+    /// and the run goes to its new end.
     pub fn run(
         &mut self,
         time_limit: Option<Duration>,
+        stop_after: Option<usize>,
         on_step: &mut dyn FnMut(&StepStats),
     ) -> Result<()> {
+        let mut stop_after = stop_after.filter(|&s| s < self.config.steps);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Example>>>(2);
         let (cfg, tok, pre) = (
             self.config.clone(),
             self.tokenizer.clone(),
             self.pre.clone(),
         );
-        let (start, end) = (self.step, self.config.steps);
+        let (start, end) = (self.step, stop_after.unwrap_or(self.config.steps));
         let producer = std::thread::spawn(move || {
             for s in start..end {
                 if tx.send(Trainer::batch_for(&cfg, &tok, &pre, s)).is_err() {
@@ -990,7 +997,7 @@ impl Trainer {
         // Steps before this one pay for start-up and first-touch memory: not timed.
         let calibrate_from = start + 5;
         let mut calibration_start = None;
-        while self.step < self.config.steps {
+        while self.step < stop_after.unwrap_or(self.config.steps) {
             let batch = rx
                 .recv()
                 .map_err(|_| TrainError::Other("data thread stopped".into()))??;
@@ -1002,20 +1009,28 @@ impl Trainer {
                 let timed = self.step - calibrate_from;
                 if self.step == self.config.warmup && timed >= 10 {
                     let per_step = since.elapsed().as_secs_f64() / timed as f64;
-                    self.config.steps = fit_steps(
-                        self.config.steps,
+                    let end = stop_after.unwrap_or(self.config.steps);
+                    let fit = fit_steps(
+                        end,
                         self.step,
                         t0.elapsed().as_secs_f64(),
                         per_step,
                         limit.as_secs_f64(),
                     );
+                    if fit < end {
+                        self.config.steps = fit;
+                        stop_after = None;
+                    }
                 }
             }
             on_step(&StepStats {
                 planned: self.config.steps,
                 ..stats
             });
-            if self.step.is_multiple_of(self.config.save_every) || self.step == self.config.steps {
+            if self.step.is_multiple_of(self.config.save_every)
+                || self.step == self.config.steps
+                || Some(self.step) == stop_after
+            {
                 self.save()?;
             }
             if time_limit.is_some_and(|l| t0.elapsed() > l) {

@@ -53,7 +53,7 @@ fn loss_falls_and_checkpoint_runs() {
     };
     let mut t = Trainer::new(cfg, &out, false).unwrap();
     let mut losses = Vec::new();
-    t.run(None, &mut |s| losses.push(s.loss)).unwrap();
+    t.run(None, None, &mut |s| losses.push(s.loss)).unwrap();
     assert_eq!(losses.len(), 30);
     let first = losses[..3].iter().sum::<f32>() / 3.0;
     let last = losses[27..].iter().sum::<f32>() / 3.0;
@@ -113,7 +113,7 @@ fn attention_targets_pull_the_heads_to_the_named_objects() {
     let probe = Trainer::batch_for(&cfg, t.tokenizer(), t.preprocess_config(), 10_000).unwrap();
     assert!(probe.iter().any(|e| !e.attn_targets.is_empty()));
     let before = t.attention_on_targets(&probe, 1).unwrap().unwrap();
-    t.run(None, &mut |_| {}).unwrap();
+    t.run(None, None, &mut |_| {}).unwrap();
     let after = t.attention_on_targets(&probe, 1).unwrap().unwrap();
     assert!(
         after > 2.0 * before && after > 0.3,
@@ -146,20 +146,20 @@ fn attention_targets_can_be_limited_to_some_kinds() {
 fn resume_continues_exactly() {
     let (_full_guard, full) = tmp("full");
     let mut t = Trainer::new(config(6), &full, false).unwrap();
-    t.run(None, &mut |_| {}).unwrap();
+    t.run(None, None, &mut |_| {}).unwrap();
     let (_split_guard, split) = tmp("split");
     let mut cfg = config(6);
     cfg.save_every = 3;
     let mut a = Trainer::new(cfg.clone(), &split, false).unwrap();
     // Stop after step 3 by running a 3-step schedule's worth, then resume.
     let mut n = 0;
-    a.run(Some(std::time::Duration::ZERO), &mut |_| n += 1)
+    a.run(Some(std::time::Duration::ZERO), None, &mut |_| n += 1)
         .unwrap();
     assert_eq!(n, 1, "time limit zero stops after one step");
     drop(a);
     let mut b = Trainer::new(cfg, &split, true).unwrap();
     assert_eq!(b.step, 1);
-    b.run(None, &mut |_| {}).unwrap();
+    b.run(None, None, &mut |_| {}).unwrap();
     let wa =
         candle_core::safetensors::load(full.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
@@ -177,6 +177,52 @@ fn resume_continues_exactly() {
     }
 }
 
+fn weights(dir: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
+}
+
+fn max_diff(
+    a: &std::collections::HashMap<String, candle_core::Tensor>,
+    b: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(k, ta)| pixlm_models::max_abs_diff(ta, &b[k]).unwrap())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn stop_after_keeps_the_full_schedule() {
+    // A 6-step run stopped after step 4 holds the 6-step schedule's step-4 weights: resumed,
+    // it ends exactly where the uninterrupted run does, and it is not the 4-step run.
+    let (_g1, full) = tmp("full6");
+    Trainer::new(config(6), &full, false)
+        .unwrap()
+        .run(None, None, &mut |_| {})
+        .unwrap();
+    let (_g2, stopped) = tmp("stopped");
+    let mut n = 0;
+    let mut a = Trainer::new(config(6), &stopped, false).unwrap();
+    a.run(None, Some(4), &mut |_| n += 1).unwrap();
+    assert_eq!((n, a.step), (4, 4));
+    drop(a);
+    let at4 = weights(&stopped);
+    let (_g3, short) = tmp("short4");
+    Trainer::new(config(4), &short, false)
+        .unwrap()
+        .run(None, None, &mut |_| {})
+        .unwrap();
+    assert!(
+        max_diff(&at4, &weights(&short)) > 0.0,
+        "the 4-step schedule is another run"
+    );
+    let mut b = Trainer::new(config(6), &stopped, true).unwrap();
+    assert_eq!(b.step, 4);
+    b.run(None, None, &mut |_| {}).unwrap();
+    assert_eq!(max_diff(&weights(&full), &weights(&stopped)), 0.0);
+}
+
 #[test]
 fn two_workers_match_one() {
     // Workers take micro-batches (8 sequences: two of 4) from a shared counter and the
@@ -188,7 +234,7 @@ fn two_workers_match_one() {
         cfg.workers = workers;
         let mut t = Trainer::new(cfg, &out, false).unwrap();
         let mut losses = Vec::new();
-        t.run(None, &mut |s| losses.push(s.loss)).unwrap();
+        t.run(None, None, &mut |s| losses.push(s.loss)).unwrap();
         let w = candle_core::safetensors::load(
             out.join("model.safetensors"),
             &candle_core::Device::Cpu,
@@ -210,7 +256,7 @@ fn two_workers_match_one() {
 fn init_from_starts_from_the_checkpoint() {
     let (_base_guard, base) = tmp("base");
     let mut t = Trainer::new(config(3), &base, false).unwrap();
-    t.run(None, &mut |_| {}).unwrap();
+    t.run(None, None, &mut |_| {}).unwrap();
     // A fine-tune takes the checkpoint's weights and sizes (here the `small` preset is asked
     // for, the checkpoint is `tiny`), with a fresh optimizer from step 0.
     let (_tuned_guard, tuned) = tmp("tuned");

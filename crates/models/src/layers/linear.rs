@@ -17,9 +17,10 @@
 //! A layer whose input dimension is not a multiple of the format's block stays dense; the
 //! loader records it with the reason. Q4_K (blocks of 256) falls back to Q4_0 (blocks of 32,
 //! the same 4.5 bits per weight) for narrower layers: llama.cpp's quantizer picks Q5_0 there,
-//! but on the shipped shapes model, whose widths (160, 448) are all narrow, Q4_0 kept the
-//! accuracy (94.0% / 95.2% against f32's 93.9% / 95.3%) at 0.144x the f32 size, where Q5_0
-//! reached 0.177x (issue #6's target is 0.16x; BENCHMARKS.md).
+//! but on the shapes model, whose widths (160, 448) are all narrow, Q4_0 kept the accuracy
+//! (the previous shipped model: 94.0% / 95.2% against f32's 93.9% / 95.3%; the current one:
+//! 97.1% / 97.5%, as f32) at 0.144x the f32 size, where Q5_0 reached 0.177x (issue #6's
+//! target is 0.16x; BENCHMARKS.md).
 //!
 //! The embedding-like weights (token embeddings, the output head, the patch embedding's two
 //! convolutions) load through the same decision with [`WeightRole::Embedding`], so they are
