@@ -246,7 +246,9 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     );
     bar.set_position(trainer.step as u64);
     let mut ema = None::<f32>;
+    // `planned` follows the schedule's length; `end`, the last step this run will take.
     let mut planned = steps;
+    let mut end = stop.unwrap_or(steps);
     let log_every = a.log_every;
     let limit = a.time_limit_min.map(|m| Duration::from_secs_f64(m * 60.0));
     trainer.run(limit, a.stop_after.map(|n| n as usize), &mut |s| {
@@ -264,16 +266,17 @@ pub fn train(a: TrainArgs) -> Result<i32> {
                     "step {}: at this machine's speed {} steps would not end within \
                      --time-limit-min; the schedule now ends at step {} (`--steps {}` \
                      reproduces this run)",
-                    s.step, planned, s.planned, s.planned
+                    s.step, end, s.planned, s.planned
                 )
             });
             planned = s.planned;
-            bar.set_length(planned as u64);
+            end = planned;
+            bar.set_length(end as u64);
         }
         bar.set_position(s.step as u64);
         bar.set_message(msg.clone());
         if log_every.is_some_and(|n| s.step % n == 0 || s.step == 1) {
-            eprintln!("step {:>6}/{planned}  {msg}", s.step);
+            eprintln!("step {:>6}/{end}  {msg}", s.step);
         }
     })?;
     bar.finish();
