@@ -251,7 +251,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let mut end = stop.unwrap_or(steps);
     let log_every = a.log_every;
     let limit = a.time_limit_min.map(|m| Duration::from_secs_f64(m * 60.0));
-    trainer.run(limit, a.stop_after.map(|n| n as usize), &mut |s| {
+    trainer.run(limit, stop, &mut |s| {
         let e = ema.map_or(s.loss, |e| 0.95 * e + 0.05 * s.loss);
         ema = Some(e);
         let msg = format!(
