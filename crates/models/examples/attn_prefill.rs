@@ -37,7 +37,13 @@ fn main() -> anyhow::Result<()> {
             )?);
             best[0] = best[0].min(s.elapsed().as_secs_f64());
             let s = Instant::now();
-            std::hint::black_box(prefill_attention(&q, &k, &v, mask.as_ref(), 0.1)?);
+            std::hint::black_box(prefill_attention(
+                &q,
+                std::slice::from_ref(&k),
+                std::slice::from_ref(&v),
+                mask.as_ref(),
+                0.1,
+            )?);
             best[1] = best[1].min(s.elapsed().as_secs_f64());
         }
         println!(

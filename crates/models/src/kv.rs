@@ -1,34 +1,140 @@
-//! A sequence's KV cache and position state.
+//! A sequence's KV cache and position state, kept in blocks.
 //!
-//! Each layer keeps its keys and values in buffers of shape (n_kv, capacity, d) with the first
-//! `len()` tokens filled. Appending writes the new tokens in place after them while the buffer
-//! has room and belongs to this cache alone, and otherwise copies into a buffer of twice the
-//! size, so a decode step copies only its own token (amortised), not the whole cache.
+//! Each layer holds its keys and values as a list of blocks, (n_kv, capacity, d) and
+//! (n_kv, capacity, dv) each, filled in order (every block but the last is full as far as
+//! this cache uses it). A prompt chunk of at least [`BLOCK_TOKENS`] tokens becomes a block as
+//! it is, without a copy; shorter appends (decode steps) are written in place into the last
+//! block while it has room and belongs to this cache alone, and otherwise into a new block of
+//! [`BLOCK_TOKENS`] tokens. Nothing already cached is ever copied or moved.
 //!
-//! Sharing is safe because a buffer is only ever written past the end of every view of it:
-//! [`KvCache::prefix`] and `clone` hand out views of the first tokens and mark the new cache's
-//! layers as shared, so its first append copies instead of writing into another's buffer; the
-//! cache that owns the buffer writes only at positions at or past its own length, which no view
-//! covers.
+//! Blocks are shared, never copied: [`KvCache::prefix`] and `clone` hand out the same blocks
+//! (the last one cut to the prefix's length) marked as not owned, so the new cache starts a
+//! block of its own at its first append. A cache writes only into its own last block, past
+//! its own length, which no view of that block covers. So a second chat turn over the first
+//! turn's cache (the server's prefix cache) costs no copy of the first turn, whatever its
+//! length, and the blocks live as long as some cache holds them.
+//!
+//! Within one cache every layer has the same blocks over the same tokens (each layer gets
+//! the same appends); [`KvCache::block_usage`] counts a block as the keys and values of its
+//! tokens in every layer.
 
 use candle_core::Tensor;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One layer's key and value buffers, (n_kv, capacity, dk) and (n_kv, capacity, dv).
+/// Tokens a block for short appends (decode steps) has room for.
+pub const BLOCK_TOKENS: usize = 64;
+
+/// Source of block ids (a block keeps its id in every cache that shares it).
+static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// One layer's keys and values for `len` tokens, in buffers of (n_kv, capacity, d).
 #[derive(Debug)]
-struct LayerKv {
+struct Block {
     k: Tensor,
     v: Tensor,
-    /// Whether this cache may write into the buffers past its length.
+    /// Tokens of the buffers this cache uses (the first `len`).
+    len: usize,
+    /// Whether this cache may write into the buffers past `len`.
     owned: bool,
+    /// The same in every cache sharing the buffers.
+    id: u64,
+    /// Bytes of the buffers (capacity included), whatever part this cache uses.
+    bytes: usize,
 }
 
-impl Clone for LayerKv {
+impl Block {
+    fn new(k: Tensor, v: Tensor, len: usize) -> Block {
+        let bytes = (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes();
+        Block {
+            k,
+            v,
+            len,
+            owned: true,
+            id: NEXT_BLOCK.fetch_add(1, Ordering::Relaxed),
+            bytes,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// The filled part, (n_kv, len, d) and (n_kv, len, dv).
+    fn views(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.len == self.capacity() {
+            Ok((self.k.clone(), self.v.clone()))
+        } else {
+            Ok((
+                self.k.narrow(1, 0, self.len)?,
+                self.v.narrow(1, 0, self.len)?,
+            ))
+        }
+    }
+
+    /// The first `len` tokens of this block as a view another cache holds (never written).
+    fn shared(&self, len: usize) -> candle_core::Result<Block> {
+        let (k, v) = if len == self.capacity() {
+            (self.k.clone(), self.v.clone())
+        } else {
+            (self.k.narrow(1, 0, len)?, self.v.narrow(1, 0, len)?)
+        };
+        Ok(Block {
+            k,
+            v,
+            len,
+            owned: false,
+            id: self.id,
+            bytes: self.bytes,
+        })
+    }
+}
+
+impl Clone for Block {
     /// The clone shares the buffers' filled part and never writes into them.
     fn clone(&self) -> Self {
-        LayerKv {
+        Block {
             k: self.k.clone(),
             v: self.v.clone(),
+            len: self.len,
             owned: false,
+            id: self.id,
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// One layer's keys and values for attention: the cache's blocks in token order, each
+/// (n_kv, tokens, d) for keys and (n_kv, tokens, dv) for values, possibly strided views with
+/// their last dimension contiguous.
+#[derive(Clone, Debug)]
+pub struct KvBlocks {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+impl KvBlocks {
+    /// Keys and values in one block each.
+    pub fn single(k: Tensor, v: Tensor) -> KvBlocks {
+        KvBlocks {
+            k: vec![k],
+            v: vec![v],
+        }
+    }
+
+    /// Keys over all blocks.
+    pub fn n_keys(&self) -> usize {
+        self.k
+            .iter()
+            .map(|k| k.dims().get(1).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Keys and values as one (n_kv, n_keys, d) and (n_kv, n_keys, dv) tensor each: the
+    /// block itself when there is one, else the blocks concatenated (a copy).
+    pub fn joined(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        match (self.k.as_slice(), self.v.as_slice()) {
+            ([k], [v]) => Ok((k.clone(), v.clone())),
+            (k, v) => Ok((Tensor::cat(k, 1)?, Tensor::cat(v, 1)?)),
         }
     }
 }
@@ -37,7 +143,7 @@ impl Clone for LayerKv {
 /// cached token (for the block mask) and the position state the next tokens continue from.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
+    layers: Vec<Vec<Block>>,
     key_t: Vec<i64>,
     /// T of the last token seen; -1 before any.
     pub(crate) last_t: i64,
@@ -73,41 +179,60 @@ impl KvCache {
         &self.key_t
     }
 
-    /// Bytes of the key and value buffers held, over all layers (capacity included).
+    /// Bytes of the key and value buffers held, over all layers (capacity included, and
+    /// blocks shared with other caches counted in full).
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
-            .sum()
+        self.layers.iter().flatten().map(|b| b.bytes).sum()
     }
 
-    /// Tokens the buffers of `layer` have room for (tests and diagnostics).
+    /// Tokens the blocks of `layer` have room for (tests and diagnostics).
     pub fn capacity(&self, layer: usize) -> usize {
         self.layers
             .get(layer)
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.k.dims().get(1).copied().unwrap_or(0))
+            .map_or(0, |l| l.iter().map(Block::capacity).sum())
     }
 
-    /// Drops unused capacity (one copy of each layer whose buffer has room left), for a cache
-    /// that will only be read from now on, such as one kept for prefix reuse.
+    /// Blocks of `layer` (tests and diagnostics).
+    pub fn blocks(&self, layer: usize) -> usize {
+        self.layers.get(layer).map_or(0, Vec::len)
+    }
+
+    /// Each block this cache holds, as its id (shared by every cache holding it) and its
+    /// bytes summed over the layers, so that a caller can count blocks several caches share
+    /// once.
+    pub fn block_usage(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let first = self.layers.first().map_or(&[][..], Vec::as_slice);
+        first.iter().enumerate().map(|(i, b)| {
+            let bytes = self
+                .layers
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(|b| b.bytes)
+                .sum();
+            (b.id, bytes)
+        })
+    }
+
+    /// Drops the unused room of this cache's blocks (one copy of at most [`BLOCK_TOKENS`]
+    /// tokens per block with room: the last one, or one a longer append skipped), for a cache that will only be read from now on, such as one
+    /// kept for prefix reuse.
     pub fn shrink_to_fit(&mut self) -> candle_core::Result<()> {
-        let len = self.len();
-        for l in self.layers.iter_mut().flatten() {
-            if l.k.dim(1)? > len {
-                l.k = l.k.narrow(1, 0, len)?.contiguous()?;
-                l.v = l.v.narrow(1, 0, len)?.contiguous()?;
-                l.owned = true;
+        for l in self.layers.iter_mut() {
+            for b in l.iter_mut() {
+                if b.owned && b.capacity() > b.len {
+                    let k = b.k.narrow(1, 0, b.len)?.contiguous()?;
+                    let v = b.v.narrow(1, 0, b.len)?.contiguous()?;
+                    *b = Block::new(k, v, b.len);
+                }
             }
         }
         Ok(())
     }
 
-    /// A cache of this one's first `len` tokens (views of the same buffers, which this cache
-    /// never writes below its own length, and which the new cache copies before it appends),
-    /// continuing after the token `last_id` at position `len - 1`. Errors when `len` is 0 or
-    /// past the end.
+    /// A cache of this one's first `len` tokens (the same blocks, the last one cut to `len`,
+    /// which this cache never writes below its own length and which the new cache never
+    /// writes), continuing after the token `last_id` at position `len - 1`. Errors when `len`
+    /// is 0 or past the end.
     pub fn prefix(&self, len: usize, last_id: u32) -> candle_core::Result<KvCache> {
         if len == 0 || len > self.len() {
             candle_core::bail!("prefix of {len} tokens of a {}-token cache", self.len());
@@ -115,13 +240,18 @@ impl KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|l| match l {
-                Some(l) => Ok(Some(LayerKv {
-                    k: l.k.narrow(1, 0, len)?,
-                    v: l.v.narrow(1, 0, len)?,
-                    owned: false,
-                })),
-                None => Ok(None),
+            .map(|l| {
+                let mut out = Vec::new();
+                let mut left = len;
+                for b in l {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = b.len.min(left);
+                    out.push(b.shared(take)?);
+                    left -= take;
+                }
+                Ok(out)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let key_t = self.key_t[..len].to_vec();
@@ -144,11 +274,7 @@ impl KvCache {
         )
         .ok();
         KvCache {
-            layers: vec![z.map(|z| LayerKv {
-                k: z.clone(),
-                v: z,
-                owned: true,
-            })],
+            layers: vec![z.map(|z| Block::new(z.clone(), z, n)).into_iter().collect()],
             key_t: (0..n as i64).collect(),
             last_t: n as i64 - 1,
             last_id: None,
@@ -156,77 +282,57 @@ impl KvCache {
     }
 
     /// Appends this step's keys (n_kv, n, dk) and values (n_kv, n, dv) for `layer`, returning
-    /// views of the whole cache of that layer (the cached tokens, then these). The views may
-    /// be strided (the buffers have room past them); their last dimension is contiguous.
+    /// the layer's blocks (the cached tokens, then these) for attention.
     pub(crate) fn append(
         &mut self,
         layer: usize,
         k: Tensor,
         v: Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    ) -> candle_core::Result<KvBlocks> {
         if self.layers.len() <= layer {
-            self.layers.resize(layer + 1, None);
+            self.layers.resize(layer + 1, Vec::new());
         }
         let len = self.key_t.len();
         let n = k.dim(1)?;
-        let total = len + n;
-        let l = match self.layers[layer].take() {
-            None => {
-                if len != 0 {
-                    candle_core::bail!("layer {layer} has no cache but {len} tokens are cached");
-                }
-                // The first chunk is the buffer (exactly full: the next append grows it).
-                LayerKv { k, v, owned: true }
-            }
-            Some(l) => {
-                let cap = l.k.dim(1)?;
-                // In place: a buffer of our own with room, and no gradient to keep (training
-                // runs one chunk per sequence and never gets here).
-                let in_place = l.owned
-                    && total <= cap
-                    && l.k.is_contiguous()
-                    && l.v.is_contiguous()
-                    && !k.track_op()
-                    && !v.track_op();
-                if in_place {
-                    l.k.slice_set(&k.contiguous()?, 1, len)?;
-                    l.v.slice_set(&v.contiguous()?, 1, len)?;
-                    l
-                } else if k.track_op() || v.track_op() {
-                    // Differentiable: exactly the tokens, through autograd's cat.
-                    LayerKv {
-                        k: Tensor::cat(&[&l.k.narrow(1, 0, len)?, &k], 1)?,
-                        v: Tensor::cat(&[&l.v.narrow(1, 0, len)?, &v], 1)?,
-                        owned: true,
-                    }
-                } else {
-                    // Our own full buffer doubles (amortised O(1) per decoded token). A shared
-                    // one (a prefix another cache holds, e.g. the server's prefix cache) is
-                    // copied with a quarter of headroom instead: a second chat turn over a
-                    // long image prompt would otherwise allocate and fault in twice its whole
-                    // cache (measured: a third of a NEO-2B second turn's time).
-                    let new_cap = if l.owned {
-                        total.max(2 * cap).max(total + 16)
-                    } else {
-                        total + (total / 4).max(16)
-                    };
-                    let grow = |buf: &Tensor, new: &Tensor| -> candle_core::Result<Tensor> {
-                        let (h, _, d) = new.dims3()?;
-                        let pad =
-                            Tensor::zeros((h, new_cap - total, d), new.dtype(), new.device())?;
-                        Tensor::cat(&[&buf.narrow(1, 0, len)?, new, &pad], 1)
-                    };
-                    LayerKv {
-                        k: grow(&l.k, &k)?,
-                        v: grow(&l.v, &v)?,
-                        owned: true,
-                    }
-                }
-            }
-        };
-        let views = (l.k.narrow(1, 0, total)?, l.v.narrow(1, 0, total)?);
-        self.layers[layer] = Some(l);
-        Ok(views)
+        let blocks = &mut self.layers[layer];
+        let held: usize = blocks.iter().map(|b| b.len).sum();
+        if held != len {
+            candle_core::bail!("layer {layer} holds {held} tokens but {len} are cached");
+        }
+        // Differentiable keys stay in the graph as they are (training runs one chunk per
+        // sequence, so they are the whole cache).
+        let grad = k.track_op() || v.track_op();
+        if n == 0 {
+            // Nothing to store.
+        } else if let Some(b) = blocks.last_mut().filter(|b| {
+            b.owned
+                && !grad
+                && b.len + n <= b.capacity()
+                && b.k.is_contiguous()
+                && b.v.is_contiguous()
+        }) {
+            b.k.slice_set(&k.contiguous()?, 1, b.len)?;
+            b.v.slice_set(&v.contiguous()?, 1, b.len)?;
+            b.len += n;
+        } else if grad || n >= BLOCK_TOKENS {
+            // A prompt chunk is a block as it is.
+            blocks.push(Block::new(k, v, n));
+        } else {
+            let room = |t: &Tensor| -> candle_core::Result<Tensor> {
+                let (h, _, d) = t.dims3()?;
+                let b = Tensor::zeros((h, BLOCK_TOKENS, d), t.dtype(), t.device())?;
+                b.slice_set(&t.contiguous()?, 1, 0)?;
+                Ok(b)
+            };
+            blocks.push(Block::new(room(&k)?, room(&v)?, n));
+        }
+        let (mut ks, mut vs) = (Vec::with_capacity(blocks.len()), Vec::new());
+        for b in blocks.iter() {
+            let (k, v) = b.views()?;
+            ks.push(k);
+            vs.push(v);
+        }
+        Ok(KvBlocks { k: ks, v: vs })
     }
 
     /// Records the positions of the tokens just appended to every layer.
@@ -253,13 +359,15 @@ mod tests {
         )
     }
 
-    /// Appends `n` tokens (one layer) from `seed` and commits them.
+    /// Appends `n` tokens (one layer) from `seed` and commits them; the layer's keys and
+    /// values joined.
     fn push(c: &mut KvCache, seed: u64, n: usize) -> (Tensor, Tensor) {
         let (k, v) = kv(seed, n);
         let out = c.append(0, k, v).unwrap();
         let t0 = c.len() as i64;
         c.commit(&(t0..t0 + n as i64).collect::<Vec<_>>(), None);
-        out
+        assert_eq!(out.n_keys(), c.len());
+        out.joined().unwrap()
     }
 
     /// The keys and values the appended chunks concatenate to.
@@ -274,43 +382,56 @@ mod tests {
         assert_eq!(crate::max_abs_diff(&a.1, &b.1).unwrap(), 0.0);
     }
 
+    fn ids(c: &KvCache) -> Vec<u64> {
+        c.block_usage().map(|(id, _)| id).collect()
+    }
+
     #[test]
-    fn appends_in_place_with_amortised_growth() {
+    fn prompts_are_blocks_and_decode_steps_fill_blocks_in_place() {
         let mut c = KvCache::new();
-        let mut chunks = vec![(1, 5)];
-        same(&push(&mut c, 1, 5), &expected(&chunks));
-        assert_eq!(c.capacity(0), 5);
-        let mut grows = 0;
-        for s in 2..40 {
-            let cap = c.capacity(0);
+        let mut chunks = vec![(1, 70)];
+        same(&push(&mut c, 1, 70), &expected(&chunks));
+        // A prompt chunk is its own block, exactly full.
+        assert_eq!((c.blocks(0), c.capacity(0)), (1, 70));
+        for s in 2..140 {
             chunks.push((s, 1));
             same(&push(&mut c, s, 1), &expected(&chunks));
-            grows += usize::from(c.capacity(0) != cap);
         }
-        assert_eq!(c.len(), 43);
-        // 5 -> 22 (at least 16 spare) -> 44: two copies for 38 single-token steps.
-        assert_eq!(grows, 2, "capacity {}", c.capacity(0));
-        assert_eq!(c.capacity(0), 44);
-        assert_eq!(c.bytes(), 2 * 44 * (4 + 3) * 4);
+        // 138 decode steps: blocks of 64, 64 and 10 of 64.
+        assert_eq!(c.len(), 208);
+        assert_eq!((c.blocks(0), c.capacity(0)), (4, 70 + 3 * BLOCK_TOKENS));
+        assert_eq!(c.bytes(), 2 * (70 + 3 * BLOCK_TOKENS) * (4 + 3) * 4);
+        // Short prompt chunks go into blocks too, in place while there is room.
+        chunks.push((200, 5));
+        same(&push(&mut c, 200, 5), &expected(&chunks));
+        assert_eq!(c.blocks(0), 4);
+        chunks.push((201, 60));
+        same(&push(&mut c, 201, 60), &expected(&chunks));
+        assert_eq!(c.blocks(0), 5);
         c.shrink_to_fit().unwrap();
-        assert_eq!(c.capacity(0), 43);
+        assert_eq!(c.capacity(0), c.len());
         chunks.push((99, 2));
         same(&push(&mut c, 99, 2), &expected(&chunks));
     }
 
     #[test]
-    fn prefixes_and_clones_never_see_later_writes() {
+    fn prefixes_and_clones_share_blocks_and_never_see_later_writes() {
         let mut a = KvCache::new();
         push(&mut a, 1, 6);
-        push(&mut a, 2, 1); // grown: room to write in place from now on
+        push(&mut a, 2, 1); // room to write in place from now on
         assert!(a.capacity(0) > a.len());
         let mut b = a.prefix(4, 0).unwrap();
         let mut c = a.clone();
-        // The owner writes in place past its length; the prefix and the clone branch off.
+        // Nothing is copied: the prefix and the clone hold the owner's block.
+        assert_eq!(ids(&b), ids(&a));
+        assert_eq!(ids(&c), ids(&a));
+        // The owner writes in place past its length; the prefix and the clone start blocks
+        // of their own.
         push(&mut a, 3, 2);
         push(&mut b, 4, 3);
-        // A shared prefix is copied with a quarter (at least 16) of headroom, not doubled.
-        assert_eq!(b.capacity(0), 7 + 16);
+        assert_eq!(a.blocks(0), 1);
+        assert_eq!(b.blocks(0), 2);
+        assert_eq!(ids(&b)[0], ids(&a)[0]);
         push(&mut c, 5, 1);
         let a_all = push(&mut a, 6, 1);
         let b_all = push(&mut b, 7, 1);
@@ -327,17 +448,34 @@ mod tests {
             ),
         );
         same(&c_all, &expected(&[(1, 6), (2, 1), (5, 1), (8, 1)]));
+        // A prefix that ends inside a later block shares every block up to it.
+        let mut long = KvCache::new();
+        push(&mut long, 10, 80);
+        for s in 0..10 {
+            push(&mut long, 20 + s, 1);
+        }
+        let p = long.prefix(85, 0).unwrap();
+        assert_eq!(ids(&p), ids(&long));
+        assert_eq!(p.len(), 85);
+        let p = long.prefix(80, 0).unwrap();
+        assert_eq!(ids(&p), ids(&long)[..1].to_vec());
     }
 
     #[test]
     fn gradients_flow_through_appends() {
         let var = candle_core::Var::from_tensor(&crate::seeded_randn(3, 1.0, &[2, 3, 4])).unwrap();
         let mut c = KvCache::new();
-        let (k, v) = c.append(0, var.as_tensor().clone(), kv(1, 3).1).unwrap();
+        let (k, v) = c
+            .append(0, var.as_tensor().clone(), kv(1, 3).1)
+            .unwrap()
+            .joined()
+            .unwrap();
         c.commit(&[0, 1, 2], None);
         assert!(k.track_op() || k.is_variable());
         let (k2, _) = c
             .append(0, (var.as_tensor() * 2.0).unwrap(), v.clone())
+            .unwrap()
+            .joined()
             .unwrap();
         let g = k2.sum_all().unwrap().backward().unwrap();
         let grad = g.get(var.as_tensor()).unwrap();

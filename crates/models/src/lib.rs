@@ -16,7 +16,7 @@ pub mod weights;
 
 pub use config::{ModelConfig, NeoConfig, TextConfig, VisionConfig};
 pub use error::{ModelError, Result};
-pub use kv::KvCache;
+pub use kv::{KvBlocks, KvCache};
 pub use layers::linear::{HalfWeights, LinearChoice, LinearReport, QuantFormat};
 pub use neo::NeoSpecialIds;
 pub use transformer::{AttnProbe, LogitsWanted, Positions, Trace};

@@ -190,16 +190,17 @@ impl SelfAttention {
             let qs = q.narrow(0, off, len)?;
             let ks = k.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
             let vs = v.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
-            let (k_all, v_all) = s.cache.append(layer, ks, vs)?;
+            let kv = s.cache.append(layer, ks, vs)?;
             let mut key_t = Vec::with_capacity(s.cache.len() + len);
             key_t.extend_from_slice(s.cache.key_t());
             key_t.extend_from_slice(new_t);
             let mask = block_mask(&key_t, len, x.device())?;
             if let Some(p) = probe {
                 let rows = p.rows.get(i).map(Vec::as_slice).unwrap_or_default();
+                let k_all = kv.joined()?.0;
                 probs.push(self.probe_probs(&qs, &k_all, mask.as_ref(), rows, p.heads, scale)?);
             }
-            outs.push(attention(&qs, &k_all, &v_all, mask.as_ref(), scale)?);
+            outs.push(attention(&qs, &kv, mask.as_ref(), scale)?);
             off += len;
         }
         let o = if outs.len() == 1 {

@@ -33,8 +33,11 @@ pub struct Metrics {
     pub forward_steps: AtomicU64,
     /// Tokens whose keys and values the running sequences' caches hold.
     pub kv_running_tokens: AtomicU64,
-    /// Bytes of keys and values held: running sequences and the prefix cache.
+    /// Bytes of the KV blocks held by running sequences and the prefix cache (a shared block
+    /// once).
     pub kv_bytes: AtomicU64,
+    /// KV blocks held by running sequences and the prefix cache (a shared block once).
+    pub kv_blocks: AtomicU64,
     ttft: Mutex<Histogram>,
     itl: Mutex<Histogram>,
 }
@@ -123,8 +126,13 @@ impl Metrics {
             ),
             (
                 "pixlm_kv_cache_bytes",
-                "Bytes of keys and values held by running sequences and the prefix cache.",
+                "Bytes of the KV cache blocks in use (running sequences and the prefix cache; a block they share counts once).",
                 &self.kv_bytes,
+            ),
+            (
+                "pixlm_kv_blocks_in_use",
+                "KV cache blocks in use (running sequences and the prefix cache; a block they share counts once). A block holds a prompt chunk, or up to 64 decoded tokens, in every layer.",
+                &self.kv_blocks,
             ),
         ];
         for (name, help, v) in gauges {
@@ -249,5 +257,6 @@ mod tests {
             "pixlm_time_to_first_token_seconds_bucket{le=\"0.1\"} 0"
         );
         assert!(text.contains("# TYPE pixlm_kv_cache_bytes gauge"));
+        assert!(text.contains("# TYPE pixlm_kv_blocks_in_use gauge"));
     }
 }

@@ -108,8 +108,15 @@ impl PrefixCache {
         self.entries.iter().map(|e| e.key.len()).sum()
     }
 
+    /// Bytes of the entries' caches, each counted in full (blocks entries share with each
+    /// other or with running sequences count once per entry): what the byte bound limits.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The stored caches.
+    pub fn caches(&self) -> impl Iterator<Item = &KvCache> {
+        self.entries.iter().map(|e| &e.cache)
     }
 
     /// The longest stored prefix of `key` that leaves at least one token to prefill (the
@@ -256,6 +263,10 @@ mod tests {
         // The same prompt: all but the last token is reused.
         let hit = pc.lookup(&key, &ids).unwrap();
         assert_eq!((hit.len, hit.images, hit.cache.len()), (8, 1, 8));
+        // The hit holds the entry's blocks (no copy): one copy of them in use.
+        let ids_of = |c: &KvCache| c.block_usage().map(|(id, _)| id).collect::<Vec<_>>();
+        let stored: Vec<u64> = pc.caches().flat_map(ids_of).collect();
+        assert_eq!(ids_of(&hit.cache), stored);
         // A longer prompt (next turn): the whole entry.
         let mut ids2 = ids.clone();
         ids2.extend([6, 7]);

@@ -380,14 +380,21 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
     }
 }
 
-/// Publishes what the running sequences and the prefix cache hold.
+/// Publishes what the running sequences and the prefix cache hold; a KV block several of
+/// them share (a prefix reused by a running sequence) counts once.
 fn store_kv_gauges(metrics: &Metrics, running: &[Seq], prefix: &PrefixCache) {
     let tokens: usize = running.iter().map(|q| q.cache.len()).sum();
-    let bytes: usize = running.iter().map(|q| q.cache.bytes()).sum();
+    let mut blocks = std::collections::HashMap::new();
+    for cache in running.iter().map(|q| &q.cache).chain(prefix.caches()) {
+        for (id, bytes) in cache.block_usage() {
+            blocks.insert(id, bytes);
+        }
+    }
     metrics.kv_running_tokens.store(tokens as u64, Relaxed);
+    metrics.kv_blocks.store(blocks.len() as u64, Relaxed);
     metrics
         .kv_bytes
-        .store((bytes + prefix.bytes()) as u64, Relaxed);
+        .store(blocks.values().sum::<usize>() as u64, Relaxed);
     metrics
         .prefix_cached_tokens
         .store(prefix.tokens() as u64, Relaxed);

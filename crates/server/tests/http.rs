@@ -313,6 +313,7 @@ fn completions_streaming_images_and_info_endpoints() {
             "pixlm_inter_token_latency_seconds_bucket{le=\"+Inf\"}",
             "pixlm_kv_running_tokens",
             "pixlm_kv_cache_bytes",
+            "pixlm_kv_blocks_in_use",
         ] {
             assert!(m.contains(want), "metrics lack {want}:\n{m}");
         }
@@ -320,6 +321,7 @@ fn completions_streaming_images_and_info_endpoints() {
         // the prefix cache holds their keys and values.
         assert!(metric(&m, "pixlm_inter_token_latency_seconds_count") > 0.0);
         assert!(metric(&m, "pixlm_kv_cache_bytes") > 0.0);
+        assert!(metric(&m, "pixlm_kv_blocks_in_use") > 0.0);
     });
     stop(h);
 }

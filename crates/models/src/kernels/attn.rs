@@ -42,14 +42,6 @@ impl View<'_> {
         }
     }
 
-    /// Rows (h, 0..keys) as one (keys, d) f32 matrix in `out`.
-    fn widen(&self, h: usize, keys: usize, out: &mut Vec<f32>) {
-        out.resize(keys * self.d, 0.0);
-        for (j, o) in out.chunks_exact_mut(self.d).enumerate() {
-            self.convert(self.off + h * self.sh + j * self.sj, o);
-        }
-    }
-
     /// The `d` values from element `at`, as f32, into `out`.
     fn convert(&self, at: usize, out: &mut [f32]) {
         match &self.data {
@@ -64,6 +56,21 @@ impl View<'_> {
                     *o = x.to_f32();
                 }
             }
+        }
+    }
+}
+
+/// Rows (h, 0..keys) of blocks of keys (or values) in order, as one (keys, d) f32 matrix in
+/// `out`; each block is its view and its number of keys.
+fn widen_blocks(blocks: &[(View<'_>, usize)], h: usize, keys: usize, out: &mut Vec<f32>) {
+    let Some(d) = blocks.first().map(|b| b.0.d) else {
+        return;
+    };
+    out.resize(keys * d, 0.0);
+    let mut rows = out.chunks_exact_mut(d);
+    for (b, n) in blocks {
+        for (jj, o) in (0..*n).zip(rows.by_ref()) {
+            b.convert(b.off + h * b.sh + jj * b.sj, o);
         }
     }
 }
@@ -104,32 +111,49 @@ impl Args {
     /// `None` unless the kernels apply: on the CPU, no gradients, 1 to `max_queries` query
     /// rows, at least one key, query heads a multiple of the kv heads, K and V of one dtype
     /// with their last dimension contiguous, and a mask (if any) of (n, n_keys).
+    /// K and V come as blocks of keys in order (one block for a plain (n_kv, n_keys, d)
+    /// tensor); every block must agree in heads, widths and dtype.
     fn take(
         q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        k: &[Tensor],
+        v: &[Tensor],
         mask: Option<&Tensor>,
         max_queries: usize,
     ) -> Result<Option<Args>> {
-        if !matches!(k.device(), Device::Cpu) || q.track_op() || k.track_op() || v.track_op() {
+        let (Some(k0), Some(v0)) = (k.first(), v.first()) else {
+            return Ok(None);
+        };
+        if !matches!(k0.device(), Device::Cpu) || q.track_op() || k.len() != v.len() {
             return Ok(None);
         }
         let (n, n_heads, d) = q.dims3()?;
-        let (n_kv, n_keys, dk) = k.dims3()?;
-        let (n_kv_v, n_keys_v, dv) = v.dims3()?;
+        let (n_kv, _, dk) = k0.dims3()?;
+        let (_, _, dv) = v0.dims3()?;
+        let mut n_keys = 0;
+        for (kb, vb) in k.iter().zip(v) {
+            let (kh, kn, kd) = kb.dims3()?;
+            let (vh, vn, vd) = vb.dims3()?;
+            if kb.track_op()
+                || vb.track_op()
+                || !matches!(kb.device(), Device::Cpu)
+                || (kh, kd, vh, vd, vn) != (n_kv, dk, n_kv, dv, kn)
+                || kb.dtype() != k0.dtype()
+                || vb.dtype() != k0.dtype()
+                || kb.stride()[2] != 1
+                || vb.stride()[2] != 1
+            {
+                return Ok(None);
+            }
+            n_keys += kn;
+        }
         if n == 0
             || n > max_queries
             || n_keys == 0
             || d == 0
             || dv == 0
             || dk != d
-            || n_kv_v != n_kv
-            || n_keys_v != n_keys
             || n_kv == 0
             || !n_heads.is_multiple_of(n_kv)
-            || k.dtype() != v.dtype()
-            || k.stride()[2] != 1
-            || v.stride()[2] != 1
         {
             return Ok(None);
         }
@@ -172,14 +196,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `attention` (layers::attention) for q: (n, n_heads, d), k: (n_kv, n_keys, d),
-/// v: (n_kv, n_keys, dv), any strides with the last dimension contiguous, on the CPU without
-/// gradients and with n ≤ [`MAX_QUERIES`]; `None` when it does not apply. The result is
-/// (n, n_heads·dv) in v's dtype, identical for any thread count.
+/// `attention` (layers::attention) for q: (n, n_heads, d) against keys and values given as
+/// blocks in order (a KV cache's, [`crate::KvBlocks`]): block b is k[b]: (n_kv, keys_b, d) and
+/// v[b]: (n_kv, keys_b, dv), any strides with the last dimension contiguous, read where they
+/// lie. On the CPU without gradients and with n ≤ [`MAX_QUERIES`]; `None` when it does not
+/// apply. The result is (n, n_heads·dv) in v's dtype, identical for any thread count and for
+/// any cut of the same keys into blocks (keys are visited in order).
 pub fn decode_attention(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    k: &[Tensor],
+    v: &[Tensor],
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Option<Tensor>> {
@@ -197,11 +223,17 @@ pub fn decode_attention(
     else {
         return Ok(None);
     };
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (Some(kv_k), Some(kv_v)) = (view(&ks, kl, d), view(&vs, vl, dv)) else {
-        return Ok(None);
-    };
+    let ks: Vec<_> = k.iter().map(|t| t.storage_and_layout()).collect();
+    let vs: Vec<_> = v.iter().map(|t| t.storage_and_layout()).collect();
+    // (key view, value view, keys) per block.
+    let mut blocks = Vec::with_capacity(ks.len());
+    for ((kst, kl), (vst, vl)) in ks.iter().zip(&vs) {
+        let (Some(bk), Some(bv)) = (view(kst, kl, d), view(vst, vl, dv)) else {
+            return Ok(None);
+        };
+        let keys = kl.dims()[1];
+        blocks.push((bk, bv, keys));
+    }
     let scale = scale as f32;
     let mut out = vec![0f32; n * n_heads * dv];
     let shared = SharedOut(out.as_mut_ptr());
@@ -216,10 +248,14 @@ pub fn decode_attention(
                 let head = h * group + g;
                 &qs[(r * n_heads + head) * d..(r * n_heads + head + 1) * d]
             };
-            for j in 0..n_keys {
-                let key = kv_k.row(h, j, &mut scratch);
-                for g in 0..group {
-                    scores[g * n_keys + j] = dot(qrow(g), key) * scale;
+            let mut j = 0;
+            for (bk, _, keys) in &blocks {
+                for jj in 0..*keys {
+                    let key = bk.row(h, jj, &mut scratch);
+                    for g in 0..group {
+                        scores[g * n_keys + j] = dot(qrow(g), key) * scale;
+                    }
+                    j += 1;
                 }
             }
             for g in 0..group {
@@ -232,13 +268,17 @@ pub fn decode_attention(
                 super::vexp::softmax_in_place(s);
             }
             acc.fill(0.0);
-            for j in 0..n_keys {
-                let val = kv_v.row(h, j, &mut scratch);
-                for g in 0..group {
-                    let p = scores[g * n_keys + j];
-                    for (a, x) in acc[g * dv..(g + 1) * dv].iter_mut().zip(val) {
-                        *a += p * x;
+            let mut j = 0;
+            for (_, bv, keys) in &blocks {
+                for jj in 0..*keys {
+                    let val = bv.row(h, jj, &mut scratch);
+                    for g in 0..group {
+                        let p = scores[g * n_keys + j];
+                        for (a, x) in acc[g * dv..(g + 1) * dv].iter_mut().zip(val) {
+                            *a += p * x;
+                        }
                     }
+                    j += 1;
                 }
             }
             for g in 0..group {
@@ -259,10 +299,16 @@ pub fn decode_attention(
     } else {
         super::parallel_for(tasks, body);
     }
+    drop(blocks);
     drop((ks, vs));
     Ok(Some(
-        Tensor::from_vec(out, (n, n_heads * dv), q.device())?.to_dtype(v.dtype())?,
+        Tensor::from_vec(out, (n, n_heads * dv), q.device())?.to_dtype(v0_dtype(v))?,
     ))
+}
+
+/// The dtype of the first value block (the kernels' output dtype).
+fn v0_dtype(v: &[Tensor]) -> DType {
+    v.first().map_or(DType::F32, Tensor::dtype)
 }
 
 /// Query rows per task of [`prefill_attention`] (with their `group` query heads, the rows of
@@ -280,8 +326,8 @@ const QUERY_BLOCK: usize = 32;
 /// thread count.
 pub fn prefill_attention(
     q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    k: &[Tensor],
+    v: &[Tensor],
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Option<Tensor>> {
@@ -309,12 +355,19 @@ pub fn prefill_attention(
             None => n_keys,
         })
         .collect();
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (Some(kv_k), Some(kv_v)) = (view(&ks, kl, d), view(&vs, vl, dv)) else {
-        return Ok(None);
-    };
-    // f32 caches are multiplied where they lie; every element the products read, (h, j, i)
+    let ks: Vec<_> = k.iter().map(|t| t.storage_and_layout()).collect();
+    let vs: Vec<_> = v.iter().map(|t| t.storage_and_layout()).collect();
+    // (view, keys) per block of keys and of values.
+    let (mut kb, mut vb) = (Vec::with_capacity(ks.len()), Vec::with_capacity(vs.len()));
+    for ((kst, kl), (vst, vl)) in ks.iter().zip(&vs) {
+        let (Some(bk), Some(bv)) = (view(kst, kl, d), view(vst, vl, dv)) else {
+            return Ok(None);
+        };
+        kb.push((bk, kl.dims()[1]));
+        vb.push((bv, kl.dims()[1]));
+    }
+    let (kv_k, kv_v) = (&kb[0].0, &vb[0].0);
+    // One f32 block (a prompt's own cache) is multiplied where it lies; every element the products read, (h, j, i)
     // with h < n_kv, j < n_keys, i < d (dv), must then be inside the slice.
     fn in_place<'a>(
         view: &View<'a>,
@@ -330,14 +383,20 @@ pub fn prefill_attention(
             _ => None,
         }
     }
-    let (k32, v32) = (
-        in_place(&kv_k, n_kv, n_keys, d),
-        in_place(&kv_v, n_kv, n_keys, dv),
-    );
+    // several blocks (a chunked prompt, or a new chat turn after a shared prefix) are
+    // gathered per task, like f16 and bf16 caches, into one (keys, d) matrix.
+    let (k32, v32) = if kb.len() == 1 {
+        (
+            in_place(kv_k, n_kv, n_keys, d),
+            in_place(kv_v, n_kv, n_keys, dv),
+        )
+    } else {
+        (None, None)
+    };
     let scale = scale as f32;
     let mut out = vec![0f32; n * n_heads * dv];
     let shared = SharedOut(out.as_mut_ptr());
-    let blocks = n.div_ceil(QUERY_BLOCK);
+    let qblocks = n.div_ceil(QUERY_BLOCK);
     let body = |tasks: std::ops::Range<usize>| {
         let rows_max = QUERY_BLOCK * group;
         let mut qbuf = vec![0f32; rows_max * d];
@@ -346,7 +405,7 @@ pub fn prefill_attention(
         let mut kw = Vec::new();
         let mut vw = Vec::new();
         for t in tasks {
-            let (h, b) = (t / blocks, t % blocks);
+            let (h, b) = (t / qblocks, t % qblocks);
             let r0 = b * QUERY_BLOCK;
             let nr = QUERY_BLOCK.min(n - r0);
             let rows = nr * group;
@@ -360,7 +419,7 @@ pub fn prefill_attention(
             let (kp, k_cs) = match k32 {
                 Some(x) => (x[kv_k.off + h * kv_k.sh..].as_ptr(), kv_k.sj),
                 None => {
-                    kv_k.widen(h, lim, &mut kw);
+                    widen_blocks(&kb, h, lim, &mut kw);
                     (kw.as_ptr(), d)
                 }
             };
@@ -404,7 +463,7 @@ pub fn prefill_attention(
             let (vp, v_rs) = match v32 {
                 Some(x) => (x[kv_v.off + h * kv_v.sh..].as_ptr(), kv_v.sj),
                 None => {
-                    kv_v.widen(h, lim, &mut vw);
+                    widen_blocks(&vb, h, lim, &mut vw);
                     (vw.as_ptr(), dv)
                 }
             };
@@ -448,10 +507,11 @@ pub fn prefill_attention(
             }
         }
     };
-    super::parallel_for(n_kv * blocks, body);
+    super::parallel_for(n_kv * qblocks, body);
+    drop((kb, vb));
     drop((ks, vs));
     Ok(Some(
-        Tensor::from_vec(out, (n, n_heads * dv), q.device())?.to_dtype(v.dtype())?,
+        Tensor::from_vec(out, (n, n_heads * dv), q.device())?.to_dtype(v0_dtype(v))?,
     ))
 }
 
@@ -481,10 +541,28 @@ mod tests {
             };
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
-                let got = decode_attention(&q, &k, &v, mask.as_ref(), 0.3)
+                let got = decode_attention(
+                    &q,
+                    std::slice::from_ref(&k),
+                    std::slice::from_ref(&v),
+                    mask.as_ref(),
+                    0.3,
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(got.dtype(), dtype);
+                // The same keys cut into blocks (a paged cache) give the same bits.
+                let cuts = [0, keys / 3, keys / 3 + (keys > 1) as usize, keys];
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                for w in cuts.windows(2).filter(|w| w[1] > w[0]) {
+                    kb.push(k.narrow(1, w[0], w[1] - w[0]).unwrap());
+                    vb.push(v.narrow(1, w[0], w[1] - w[0]).unwrap());
+                }
+                assert!(kb.len() > 1 || keys == 1);
+                let paged = decode_attention(&q, &kb, &vb, mask.as_ref(), 0.3)
                     .unwrap()
                     .unwrap();
-                assert_eq!(got.dtype(), dtype);
+                assert_eq!(crate::max_abs_diff(&paged, &got).unwrap(), 0.0);
                 let tol = if dtype == DType::F32 { 1e-5 } else { 3e-2 };
                 let want = attention_reference(
                     &q,
@@ -525,10 +603,27 @@ mod tests {
             let mask = block_mask(&t, n, &Device::Cpu).unwrap();
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
-                let got = prefill_attention(&q, &k, &v, mask.as_ref(), 0.3)
+                let got = prefill_attention(
+                    &q,
+                    std::slice::from_ref(&k),
+                    std::slice::from_ref(&v),
+                    mask.as_ref(),
+                    0.3,
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(got.dtype(), dtype);
+                // The same keys cut into blocks (a paged cache: gathered, not read in place).
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                for w in [0, keys / 2, keys / 2 + 1, keys].windows(2) {
+                    kb.push(k.narrow(1, w[0], w[1] - w[0]).unwrap());
+                    vb.push(v.narrow(1, w[0], w[1] - w[0]).unwrap());
+                }
+                let paged = prefill_attention(&q, &kb, &vb, mask.as_ref(), 0.3)
                     .unwrap()
                     .unwrap();
-                assert_eq!(got.dtype(), dtype);
+                let diff = crate::max_abs_diff(&paged, &got).unwrap();
+                assert_eq!(diff, 0.0, "paged {n} {past} {dtype:?}");
                 let want = attention_reference(
                     &q,
                     &k.to_dtype(DType::F32).unwrap(),
@@ -545,7 +640,15 @@ mod tests {
         // Without a mask every key is seen.
         let q = crate::seeded_randn(4, 1.0, &[12, 2, 8]);
         let k = crate::seeded_randn(5, 1.0, &[1, 12, 8]);
-        let got = prefill_attention(&q, &k, &k, None, 0.5).unwrap().unwrap();
+        let got = prefill_attention(
+            &q,
+            std::slice::from_ref(&k),
+            std::slice::from_ref(&k),
+            None,
+            0.5,
+        )
+        .unwrap()
+        .unwrap();
         let want = attention_reference(&q, &k, &k, None, 0.5).unwrap();
         assert!(crate::max_abs_diff(&got, &want).unwrap() < 1e-5);
     }
@@ -554,12 +657,49 @@ mod tests {
     fn declines_what_it_does_not_do() {
         let q = crate::seeded_randn(1, 1.0, &[MAX_QUERIES + 1, 2, 8]);
         let k = crate::seeded_randn(2, 1.0, &[2, 12, 8]);
-        assert!(decode_attention(&q, &k, &k, None, 1.0).unwrap().is_none());
+        assert!(decode_attention(
+            &q,
+            std::slice::from_ref(&k),
+            std::slice::from_ref(&k),
+            None,
+            1.0
+        )
+        .unwrap()
+        .is_none());
         // Heads that do not divide into the kv heads.
         let q = crate::seeded_randn(1, 1.0, &[1, 3, 8]);
-        assert!(decode_attention(&q, &k, &k, None, 1.0).unwrap().is_none());
+        assert!(decode_attention(
+            &q,
+            std::slice::from_ref(&k),
+            std::slice::from_ref(&k),
+            None,
+            1.0
+        )
+        .unwrap()
+        .is_none());
+        // Blocks that disagree in width, or keys without values.
+        let q = crate::seeded_randn(1, 1.0, &[1, 2, 8]);
+        let k4 = crate::seeded_randn(2, 1.0, &[2, 5, 4]);
+        assert!(
+            decode_attention(&q, &[k.clone(), k4.clone()], &[k.clone(), k4], None, 1.0)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            decode_attention(&q, std::slice::from_ref(&k), &[], None, 1.0)
+                .unwrap()
+                .is_none()
+        );
         // A key dim that differs from the query's.
         let q = crate::seeded_randn(1, 1.0, &[1, 2, 4]);
-        assert!(decode_attention(&q, &k, &k, None, 1.0).unwrap().is_none());
+        assert!(decode_attention(
+            &q,
+            std::slice::from_ref(&k),
+            std::slice::from_ref(&k),
+            None,
+            1.0
+        )
+        .unwrap()
+        .is_none());
     }
 }

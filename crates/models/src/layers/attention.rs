@@ -2,6 +2,7 @@
 //! explicit additive mask, softmax in f32.
 
 use crate::error::Result;
+use crate::kv::KvBlocks;
 use candle_core::{DType, Device, Tensor, D};
 
 /// The block mask of NEO (spec §7), which is also plain causal when no two tokens share a T:
@@ -28,25 +29,22 @@ pub fn block_mask(key_t: &[i64], n_new: usize, device: &Device) -> Result<Option
     Ok(Some(Tensor::from_vec(m, (n_new, n_keys), device)?))
 }
 
-/// q: (n, n_heads, dq); k: (n_kv, n_keys, dq); v: (n_kv, n_keys, dv) → (n, n_heads * dv).
+/// q: (n, n_heads, dq); k: (n_kv, n_keys, dq); v: (n_kv, n_keys, dv) → (n, n_heads * dv),
+/// with K and V given as a KV cache's blocks ([`KvBlocks`], keys in order over the blocks).
 ///
 /// Query head g reads kv head g / (n_heads / n_kv): the query heads of a group are stacked
-/// into one matmul against their shared K, so K and V are never repeated. On the CPU, K and V
-/// may be strided views (a KV cache's buffers) and are read in place, not copied.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
-    if let Some(out) = crate::kernels::attn::decode_attention(q, k, v, mask, scale)? {
+/// into one matmul against their shared K, so K and V are never repeated. On the CPU the
+/// blocks are read where they lie (a prompt over several blocks gathers each head's keys and
+/// values into one scratch matrix per task); elsewhere they are joined into one tensor.
+pub fn attention(q: &Tensor, kv: &KvBlocks, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+    if let Some(out) = crate::kernels::attn::decode_attention(q, &kv.k, &kv.v, mask, scale)? {
         return Ok(out);
     }
-    if let Some(out) = crate::kernels::attn::prefill_attention(q, k, v, mask, scale)? {
+    if let Some(out) = crate::kernels::attn::prefill_attention(q, &kv.k, &kv.v, mask, scale)? {
         return Ok(out);
     }
-    attention_reference(q, k, v, mask, scale)
+    let (k, v) = kv.joined()?;
+    attention_reference(q, &k, &v, mask, scale)
 }
 
 /// [`attention_reference`], for the `attn_prefill` benchmark.
@@ -145,7 +143,8 @@ mod tests {
         let k = crate::seeded_randn(2, 1.0, &[2, 3, 8]);
         let v = crate::seeded_randn(3, 1.0, &[2, 3, 5]);
         let mask = block_mask(&[0, 1, 2], 3, &dev).unwrap();
-        let out = attention(&q, &k, &v, mask.as_ref(), 0.5).unwrap();
+        let kv = KvBlocks::single(k.clone(), v.clone());
+        let out = attention(&q, &kv, mask.as_ref(), 0.5).unwrap();
         // naive: per head
         for h in 0..4 {
             let kv = h / 2;
