@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// Prefix cache size in MiB of keys and values.
     #[arg(long, default_value_t = 1024)]
     pub prefix_cache_mb: usize,
+    /// Keys and values the running requests may hold together, in MiB. A request is admitted
+    /// when its prompt and max_tokens fit beside those already running, and waits otherwise;
+    /// one that could never fit is refused (400, context_length_exceeded). Default: half the
+    /// memory available once the model is loaded.
+    #[arg(long)]
+    pub kv_cache_mb: Option<usize>,
     /// Seconds running requests may take to finish after ctrl-c or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
@@ -112,6 +118,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         cache_bytes: a.response_cache_mb << 20,
         prefix_entries: if a.no_prefix_cache { 0 } else { 64 },
         prefix_bytes: a.prefix_cache_mb << 20,
+        kv_cache_bytes: a.kv_cache_mb.map(|m| m << 20),
         remote_images: a
             .allow_remote_images
             .then(|| pixlm_server::remote::RemoteLimits {

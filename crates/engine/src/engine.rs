@@ -441,6 +441,19 @@ impl Engine {
         Ok(t.elapsed())
     }
 
+    /// Bytes of keys and values one token takes in a sequence's cache, over all layers (from
+    /// a one-token forward, so it holds for whatever widths and dtype the model keeps).
+    pub fn kv_bytes_per_token(&self) -> Result<usize> {
+        let p = Prepared {
+            prompt: String::new(),
+            ids: vec![0],
+            images: Vec::new(),
+            image_info: Vec::new(),
+        };
+        let (cache, _) = self.prefill(&p, LogitsWanted::Last, None)?;
+        Ok(cache.bytes() / cache.capacity(0).max(1))
+    }
+
     /// Runs the prompt through the model; returns its cache and the logits asked for.
     pub fn prefill(
         &self,

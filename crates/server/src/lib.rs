@@ -65,6 +65,11 @@ pub struct ServerConfig {
     /// entries (0 turns it off) and bytes.
     pub prefix_entries: usize,
     pub prefix_bytes: usize,
+    /// Keys and values the running sequences may hold together, in bytes: a request is
+    /// admitted when its prompt and `max_tokens` fit beside those already running (else it
+    /// waits), and one that could never fit is refused. `None`: half the memory available
+    /// when the server starts (unbounded where that cannot be read).
+    pub kv_cache_bytes: Option<usize>,
     /// Fetch `http(s)` image URLs within these limits (`--allow-remote-images`); `None`
     /// refuses them.
     pub remote_images: Option<remote::RemoteLimits>,
@@ -98,6 +103,7 @@ impl Default for ServerConfig {
             cache_bytes: 64 << 20,
             prefix_entries: 64,
             prefix_bytes: 1 << 30,
+            kv_cache_bytes: None,
             remote_images: None,
             grace: Duration::from_secs(30),
             max_images: None,
@@ -123,6 +129,9 @@ struct AppState {
     started: u64,
     /// Bounds the prompts (templates, image decoding) prepared at once.
     prepare_slots: tokio::sync::Semaphore,
+    /// Tokens of keys and values the running sequences may reserve together
+    /// (`ServerConfig::kv_cache_bytes` over the model's bytes per token).
+    kv_tokens: usize,
 }
 
 /// Counts a chat request as in flight until dropped.
@@ -198,14 +207,20 @@ pub fn spawn(mut engine: Engine, cfg: ServerConfig) -> Result<ServerHandle> {
             names.push(n);
         }
     }
+    let kv_tokens = kv_token_budget(&engine, cfg.kv_cache_bytes);
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
+    metrics.kv_budget_tokens.store(
+        kv_tokens.try_into().unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let queue = Arc::new(Queue::new(SchedulerConfig {
         queue_size: cfg.queue_size,
         max_running: cfg.max_running.max(1),
         prefill_token_budget: cfg.prefill_token_budget.max(1),
         prefix_entries: cfg.prefix_entries,
         prefix_bytes: cfg.prefix_bytes,
+        kv_token_budget: kv_tokens,
     }));
     let sched = scheduler::spawn(engine.clone(), queue.clone(), metrics.clone())?;
     let cache = cfg
@@ -222,6 +237,7 @@ pub fn spawn(mut engine: Engine, cfg: ServerConfig) -> Result<ServerHandle> {
         next_id: AtomicU64::new(1),
         started: now_secs(),
         prepare_slots: tokio::sync::Semaphore::new(cfg.http_threads.max(2)),
+        kv_tokens,
         cfg,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -422,13 +438,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Tokens of keys and values `bytes` hold for this model (`None`: half the memory available
+/// now); unbounded when the model's bytes per token or the memory cannot be found.
+fn kv_token_budget(engine: &Engine, bytes: Option<usize>) -> usize {
+    let per_token = match engine.kv_bytes_per_token() {
+        Ok(p) if p > 0 => p,
+        Ok(_) => return usize::MAX,
+        Err(e) => {
+            tracing::warn!("key/value bytes per token unknown ({e}): no KV cache budget");
+            return usize::MAX;
+        }
+    };
+    let Some(bytes) = bytes.or_else(|| available_memory().map(|m| m / 2)) else {
+        tracing::warn!("available memory unknown: no KV cache budget (set --kv-cache-mb)");
+        return usize::MAX;
+    };
+    let tokens = bytes / per_token;
+    tracing::info!(
+        "KV cache budget: {:.0} MiB, {tokens} tokens at {per_token} bytes per token",
+        bytes as f64 / (1u64 << 20) as f64
+    );
+    tokens
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes (Linux).
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 fn model_json(st: &AppState) -> Value {
     json!({
         "id": st.names[0],
         "object": "model",
         "created": st.started,
         "owned_by": "pixlm",
-        "max_model_len": st.engine.context_limit,
+        "max_model_len": st.engine.context_limit.min(st.kv_tokens),
     })
 }
 
@@ -755,15 +802,23 @@ async fn chat_inner(
         .map_err(|e| ApiError::internal(format!("preparing the prompt failed: {e}")))?
         .map_err(|e| ApiError::from_engine(&e))?;
     drop(permit);
-    let limit = st.engine.context_limit;
+    // The context, or the KV cache budget where that is smaller.
+    let (limit, of) = if st.kv_tokens < st.engine.context_limit {
+        (
+            st.kv_tokens,
+            "the server's key/value cache budget (--kv-cache-mb) of",
+        )
+    } else {
+        (st.engine.context_limit, "the context of")
+    };
     let room = limit.saturating_sub(prepared.ids.len());
     let max_new = match req.max_tokens {
         Some(m) if m > room => {
             return Err(ApiError::bad(
                 "max_tokens",
                 format!(
-                    "the prompt has {} tokens and max_tokens is {m}: together they exceed the \
-                     context of {limit} tokens",
+                    "the prompt has {} tokens and max_tokens is {m}: together they exceed \
+                     {of} {limit} tokens",
                     prepared.ids.len()
                 ),
             )
@@ -776,7 +831,7 @@ async fn chat_inner(
         return Err(ApiError::bad(
             "messages",
             format!(
-                "the prompt has {} tokens and leaves no room for an answer in the context of {limit} tokens",
+                "the prompt has {} tokens and leaves no room for an answer in {of} {limit} tokens",
                 prepared.ids.len()
             ),
         )

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub kv_bytes: AtomicU64,
     /// KV blocks held by running sequences and the prefix cache (a shared block once).
     pub kv_blocks: AtomicU64,
+    /// Tokens of keys and values the running sequences reserve (prompt and longest answer).
+    pub kv_reserved_tokens: AtomicU64,
+    /// What they may reserve together (`--kv-cache-mb` over the model's bytes per token).
+    pub kv_budget_tokens: AtomicU64,
     ttft: Mutex<Histogram>,
     itl: Mutex<Histogram>,
 }
@@ -128,6 +132,16 @@ impl Metrics {
                 "pixlm_kv_cache_bytes",
                 "Bytes of the KV cache blocks in use (running sequences and the prefix cache; a block they share counts once).",
                 &self.kv_bytes,
+            ),
+            (
+                "pixlm_kv_reserved_tokens",
+                "Tokens of keys and values the running sequences reserve (prompt and longest answer each).",
+                &self.kv_reserved_tokens,
+            ),
+            (
+                "pixlm_kv_budget_tokens",
+                "Tokens of keys and values the running sequences may reserve together (--kv-cache-mb).",
+                &self.kv_budget_tokens,
             ),
             (
                 "pixlm_kv_blocks_in_use",

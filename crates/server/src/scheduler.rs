@@ -59,6 +59,9 @@ pub struct SchedulerConfig {
     /// Prefix cache bounds (entries, bytes); 0 entries turns it off.
     pub prefix_entries: usize,
     pub prefix_bytes: usize,
+    /// Tokens of keys and values the running sequences may reserve together (prompt plus
+    /// `max_new_tokens` each); a request that does not fit waits for room.
+    pub kv_token_budget: usize,
 }
 
 #[derive(Default)]
@@ -132,6 +135,8 @@ impl Queue {
 
 struct Seq {
     job: Job,
+    /// Tokens of the KV budget this sequence holds (see [`reserve`]).
+    reserve: usize,
     cache: KvCache,
     /// The prompt's content key (see `prefix::content_key`); generated tokens join it.
     key: Vec<u64>,
@@ -212,6 +217,15 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
                     s.waiting.pop_front();
                     metrics.cancelled.fetch_add(1, Relaxed);
                     continue;
+                }
+                // Room in the KV budget for its whole answer, or it waits (first come, first
+                // served). Alone it is always admitted: the HTTP layer refused any request
+                // larger than the whole budget.
+                let reserved: usize = running.iter().map(|q| q.reserve).sum();
+                if !running.is_empty()
+                    && reserved.saturating_add(reserve(engine, front)) > queue.cfg.kv_token_budget
+                {
+                    break;
                 }
                 let Some(job) = s.waiting.pop_front() else {
                     break;
@@ -391,6 +405,8 @@ fn store_kv_gauges(metrics: &Metrics, running: &[Seq], prefix: &PrefixCache) {
         }
     }
     metrics.kv_running_tokens.store(tokens as u64, Relaxed);
+    let reserved: usize = running.iter().map(|q| q.reserve).sum();
+    metrics.kv_reserved_tokens.store(reserved as u64, Relaxed);
     metrics.kv_blocks.store(blocks.len() as u64, Relaxed);
     metrics
         .kv_bytes
@@ -437,6 +453,12 @@ fn next_chunk(key: &[u64], done: usize, budget: usize) -> Option<Chunk> {
     })
 }
 
+/// Tokens of keys and values `job` may come to hold: its prompt and its longest answer.
+fn reserve(engine: &Engine, job: &Job) -> usize {
+    let prompt = job.prepared.ids.len();
+    (prompt + job.max_new_tokens).min(engine.context_limit.max(prompt))
+}
+
 impl Seq {
     /// Whether the whole prompt is in the cache (the sequence decodes).
     fn prefilled(&self) -> bool {
@@ -480,6 +502,7 @@ fn new_seq(
         None => (KvCache::new(), 0, 0),
     };
     Some(Seq {
+        reserve: reserve(engine, &job),
         cache,
         key,
         done_ids: skip_ids,
@@ -617,6 +640,7 @@ mod tests {
             prefill_token_budget: 8,
             prefix_entries: 0,
             prefix_bytes: 0,
+            kv_token_budget: usize::MAX,
         });
         let mut rxs = Vec::new();
         for _ in 0..2 {

@@ -1088,3 +1088,73 @@ fn chunked_prefill_gives_the_same_answers() {
         "{steps} forward steps for a {prompt}-token prompt"
     );
 }
+
+#[test]
+fn kv_budget_queues_what_does_not_fit_and_refuses_what_never_can() {
+    let Some(root) = fixtures() else { return };
+    let engine = Engine::load(&root.join("neo-tiny/model"), &LoadOptions::default())
+        .expect("load the fixture model");
+    let per_token = engine.kv_bytes_per_token().expect("bytes per token");
+    assert!(per_token > 0);
+    const BUDGET: usize = 100;
+    let Some(h) = start(|c| {
+        c.kv_cache_bytes = Some(per_token * BUDGET);
+        c.response_cache = false;
+    }) else {
+        return;
+    };
+    let addr = h.addr;
+    rt().block_on(async move {
+        let r = request(addr, "GET", "/v1/models", &[], None).await;
+        assert_eq!(r.json()["data"][0]["max_model_len"], BUDGET);
+        // A prompt and max_tokens past the budget: refused, naming the budget.
+        let e = post(addr, &chat("Tell me a story.", BUDGET))
+            .await
+            .error(400);
+        assert_eq!(e["code"], "context_length_exceeded");
+        assert_eq!(e["param"], "max_tokens");
+        assert!(
+            e["message"].as_str().unwrap().contains("--kv-cache-mb"),
+            "{e}"
+        );
+        let long = "story ".repeat(2 * BUDGET);
+        let e = post(
+            addr,
+            &json!({"messages": [{"role": "user", "content": long}]}),
+        )
+        .await
+        .error(400);
+        assert_eq!(e["code"], "context_length_exceeded");
+        // Requests that fit one at a time but not two together: every one is answered, and
+        // they ran one after another (each step ran one sequence: no fewer steps than tokens).
+        let one = post(addr, &chat("Story 0.", 1)).await.json();
+        let prompt = one["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+        let max_tokens = BUDGET - 10 - prompt;
+        assert!(
+            prompt + max_tokens > BUDGET / 2,
+            "prompt of {prompt} tokens"
+        );
+        let mut tasks = Vec::new();
+        for i in 1..=4 {
+            let body = chat(&format!("Story {i}."), max_tokens);
+            tasks.push(tokio::spawn(async move { post(addr, &body).await }));
+        }
+        let mut generated = 0;
+        for t in tasks {
+            let r = t.await.expect("task");
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            generated += r.json()["usage"]["completion_tokens"].as_u64().unwrap();
+        }
+        assert!(
+            generated > 8,
+            "the answers were too short to overlap: {generated}"
+        );
+        let m = String::from_utf8(request(addr, "GET", "/metrics", &[], None).await.body).unwrap();
+        assert_eq!(metric(&m, "pixlm_kv_budget_tokens"), BUDGET as f64);
+        assert!(
+            metric(&m, "pixlm_forward_steps_total") >= metric(&m, "pixlm_generated_tokens_total"),
+            "{m}"
+        );
+    });
+    stop(h);
+}

@@ -366,29 +366,45 @@ pub fn prefill_attention(
         kb.push((bk, kl.dims()[1]));
         vb.push((bv, kl.dims()[1]));
     }
-    let (kv_k, kv_v) = (&kb[0].0, &vb[0].0);
-    // One f32 block (a prompt's own cache) is multiplied where it lies; every element the products read, (h, j, i)
-    // with h < n_kv, j < n_keys, i < d (dv), must then be inside the slice.
-    fn in_place<'a>(
-        view: &View<'a>,
-        n_kv: usize,
-        n_keys: usize,
-        width: usize,
-    ) -> Option<&'a [f32]> {
+    // An f32 cache is multiplied where it lies: one block (a prompt's own cache) as it is,
+    // several (a chunked prompt, or a new chat turn after a shared prefix) gathered once into
+    // one (n_kv, n_keys, d) buffer, the same values. f16 and bf16 caches are widened per task.
+    // Each is (data, offset, head stride, key stride); every element the products read,
+    // (h, j, i) with h < n_kv, j < n_keys, i < d (dv), must be inside the data.
+    type Flat<'a> = Option<(&'a [f32], usize, usize, usize)>;
+    fn in_place<'a>(view: &View<'a>, n_kv: usize, n_keys: usize, width: usize) -> Flat<'a> {
         match view.data {
             Rows::F32(x) => {
                 let last = view.off + (n_kv - 1) * view.sh + (n_keys - 1) * view.sj + width - 1;
-                (last < x.len()).then_some(x)
+                (last < x.len()).then_some((x, view.off, view.sh, view.sj))
             }
             _ => None,
         }
     }
-    // several blocks (a chunked prompt, or a new chat turn after a shared prefix) are
-    // gathered per task, like f16 and bf16 caches, into one (keys, d) matrix.
-    let (k32, v32) = if kb.len() == 1 {
+    let all_f32 = kb.iter().all(|(b, _)| matches!(b.data, Rows::F32(_)));
+    let gather = |blocks: &[(View<'_>, usize)], width: usize| {
+        let mut all = Vec::with_capacity(n_kv * n_keys * width);
+        let mut head = Vec::new();
+        for h in 0..n_kv {
+            widen_blocks(blocks, h, n_keys, &mut head);
+            all.extend_from_slice(&head);
+        }
+        all
+    };
+    let (kcat, vcat) = if kb.len() > 1 && all_f32 {
+        (gather(&kb, d), gather(&vb, dv))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (k32, v32): (Flat, Flat) = if kb.len() == 1 {
         (
-            in_place(kv_k, n_kv, n_keys, d),
-            in_place(kv_v, n_kv, n_keys, dv),
+            in_place(&kb[0].0, n_kv, n_keys, d),
+            in_place(&vb[0].0, n_kv, n_keys, dv),
+        )
+    } else if all_f32 {
+        (
+            Some((&kcat, 0, n_keys * d, d)),
+            Some((&vcat, 0, n_keys * dv, dv)),
         )
     } else {
         (None, None)
@@ -417,7 +433,7 @@ pub fn prefill_attention(
             }
             // K as (d, lim): element (i, j) at kp + j·k_cs + i.
             let (kp, k_cs) = match k32 {
-                Some(x) => (x[kv_k.off + h * kv_k.sh..].as_ptr(), kv_k.sj),
+                Some((x, off, sh, sj)) => (x[off + h * sh..].as_ptr(), sj),
                 None => {
                     widen_blocks(&kb, h, lim, &mut kw);
                     (kw.as_ptr(), d)
@@ -426,7 +442,8 @@ pub fn prefill_attention(
             // SAFETY: the destination is `scores` (rows·lim ≤ QUERY_BLOCK·group·n_keys values,
             // row stride lim); the left side `qbuf` (rows·d values, row stride d); the right
             // side reads (i, j) for i < d, j < lim at kp + j·k_cs + i, inside the cache slice
-            // (checked by `in_place`, as lim ≤ n_keys) or inside `kw` (lim·d values).
+            // (checked by `in_place`, as lim ≤ n_keys), inside `kcat` (n_kv·n_keys·d values,
+            // head stride n_keys·d, key stride d) or inside `kw` (lim·d values).
             unsafe {
                 gemm::gemm(
                     rows,
@@ -461,7 +478,7 @@ pub fn prefill_attention(
                 super::vexp::softmax_in_place(s);
             }
             let (vp, v_rs) = match v32 {
-                Some(x) => (x[kv_v.off + h * kv_v.sh..].as_ptr(), kv_v.sj),
+                Some((x, off, sh, sj)) => (x[off + h * sh..].as_ptr(), sj),
                 None => {
                     widen_blocks(&vb, h, lim, &mut vw);
                     (vw.as_ptr(), dv)
@@ -470,7 +487,8 @@ pub fn prefill_attention(
             // SAFETY: the destination is `obuf` (rows·dv values, row stride dv); the left side
             // the first rows·lim values of `scores` (row stride lim); the right side reads
             // (j, i) for j < lim, i < dv at vp + j·v_rs + i, inside the cache slice (checked
-            // by `in_place`) or inside `vw` (lim·dv values).
+            // by `in_place`), inside `vcat` (n_kv·n_keys·dv values, head stride n_keys·dv) or
+            // inside `vw` (lim·dv values).
             unsafe {
                 gemm::gemm(
                     rows,
