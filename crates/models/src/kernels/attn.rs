@@ -538,6 +538,43 @@ mod tests {
     use super::*;
     use crate::layers::attention::{attention_reference, block_mask};
 
+    type Kernel = fn(&Tensor, &[Tensor], &[Tensor], Option<&Tensor>, f64) -> Result<Option<Tensor>>;
+
+    /// `kernel` on k, v in one block, in `v`'s dtype and within `tol` of the matmul path, and
+    /// bit-identical on the same keys cut into blocks at `cuts` (a paged cache).
+    fn check(
+        kernel: Kernel,
+        q: &Tensor,
+        (k, v): (&Tensor, &Tensor),
+        mask: Option<&Tensor>,
+        cuts: &[usize],
+        what: &str,
+    ) {
+        let got = kernel(
+            q,
+            std::slice::from_ref(k),
+            std::slice::from_ref(v),
+            mask,
+            0.3,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.dtype(), v.dtype());
+        let (mut kb, mut vb) = (Vec::new(), Vec::new());
+        for w in cuts.windows(2).filter(|w| w[1] > w[0]) {
+            kb.push(k.narrow(1, w[0], w[1] - w[0]).unwrap());
+            vb.push(v.narrow(1, w[0], w[1] - w[0]).unwrap());
+        }
+        let paged = kernel(q, &kb, &vb, mask, 0.3).unwrap().unwrap();
+        let diff = crate::max_abs_diff(&paged, &got).unwrap();
+        assert_eq!(diff, 0.0, "{what}: {} blocks", kb.len());
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want = attention_reference(q, &f32(k), &f32(v), mask, 0.3).unwrap();
+        let tol = if v.dtype() == DType::F32 { 1e-5 } else { 3e-2 };
+        let diff = crate::max_abs_diff(&f32(&got), &want).unwrap();
+        assert!(diff < tol, "{what}: {diff}");
+    }
+
     #[test]
     fn matches_the_matmul_path_on_strided_caches() {
         // Odd sizes, GQA, a cache buffer with room past the filled keys, and a mask.
@@ -559,39 +596,9 @@ mod tests {
             };
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
-                let got = decode_attention(
-                    &q,
-                    std::slice::from_ref(&k),
-                    std::slice::from_ref(&v),
-                    mask.as_ref(),
-                    0.3,
-                )
-                .unwrap()
-                .unwrap();
-                assert_eq!(got.dtype(), dtype);
-                // The same keys cut into blocks (a paged cache) give the same bits.
-                let cuts = [0, keys / 3, keys / 3 + (keys > 1) as usize, keys];
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                for w in cuts.windows(2).filter(|w| w[1] > w[0]) {
-                    kb.push(k.narrow(1, w[0], w[1] - w[0]).unwrap());
-                    vb.push(v.narrow(1, w[0], w[1] - w[0]).unwrap());
-                }
-                assert!(kb.len() > 1 || keys == 1);
-                let paged = decode_attention(&q, &kb, &vb, mask.as_ref(), 0.3)
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(crate::max_abs_diff(&paged, &got).unwrap(), 0.0);
-                let tol = if dtype == DType::F32 { 1e-5 } else { 3e-2 };
-                let want = attention_reference(
-                    &q,
-                    &k.to_dtype(DType::F32).unwrap(),
-                    &v.to_dtype(DType::F32).unwrap(),
-                    mask.as_ref(),
-                    0.3,
-                )
-                .unwrap();
-                let diff = crate::max_abs_diff(&got.to_dtype(DType::F32).unwrap(), &want).unwrap();
-                assert!(diff < tol, "{n} {heads} {kv} {d} {keys} {dtype:?}: {diff}");
+                let cuts = [0, keys / 3, keys / 3 + 1, keys];
+                let what = format!("{n} {heads} {kv} {d} {keys} {dtype:?}");
+                check(decode_attention, &q, (&k, &v), mask.as_ref(), &cuts, &what);
             }
         }
     }
@@ -621,38 +628,9 @@ mod tests {
             let mask = block_mask(&t, n, &Device::Cpu).unwrap();
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let (k, v) = (k.to_dtype(dtype).unwrap(), v.to_dtype(dtype).unwrap());
-                let got = prefill_attention(
-                    &q,
-                    std::slice::from_ref(&k),
-                    std::slice::from_ref(&v),
-                    mask.as_ref(),
-                    0.3,
-                )
-                .unwrap()
-                .unwrap();
-                assert_eq!(got.dtype(), dtype);
-                // The same keys cut into blocks (a paged cache: gathered, not read in place).
-                let (mut kb, mut vb) = (Vec::new(), Vec::new());
-                for w in [0, keys / 2, keys / 2 + 1, keys].windows(2) {
-                    kb.push(k.narrow(1, w[0], w[1] - w[0]).unwrap());
-                    vb.push(v.narrow(1, w[0], w[1] - w[0]).unwrap());
-                }
-                let paged = prefill_attention(&q, &kb, &vb, mask.as_ref(), 0.3)
-                    .unwrap()
-                    .unwrap();
-                let diff = crate::max_abs_diff(&paged, &got).unwrap();
-                assert_eq!(diff, 0.0, "paged {n} {past} {dtype:?}");
-                let want = attention_reference(
-                    &q,
-                    &k.to_dtype(DType::F32).unwrap(),
-                    &v.to_dtype(DType::F32).unwrap(),
-                    mask.as_ref(),
-                    0.3,
-                )
-                .unwrap();
-                let tol = if dtype == DType::F32 { 1e-5 } else { 3e-2 };
-                let diff = crate::max_abs_diff(&got.to_dtype(DType::F32).unwrap(), &want).unwrap();
-                assert!(diff < tol, "{n} {past} {heads} {kv} {dtype:?}: {diff}");
+                let cuts = [0, keys / 2, keys / 2 + 1, keys];
+                let what = format!("{n} {past} {heads} {kv} {dtype:?}");
+                check(prefill_attention, &q, (&k, &v), mask.as_ref(), &cuts, &what);
             }
         }
         // Without a mask every key is seen.
@@ -673,51 +651,25 @@ mod tests {
 
     #[test]
     fn declines_what_it_does_not_do() {
-        let q = crate::seeded_randn(1, 1.0, &[MAX_QUERIES + 1, 2, 8]);
-        let k = crate::seeded_randn(2, 1.0, &[2, 12, 8]);
-        assert!(decode_attention(
-            &q,
-            std::slice::from_ref(&k),
-            std::slice::from_ref(&k),
-            None,
-            1.0
-        )
-        .unwrap()
-        .is_none());
+        let declines = |q: &Tensor, k: &[Tensor], v: &[Tensor]| {
+            decode_attention(q, k, v, None, 1.0).unwrap().is_none()
+        };
+        let k = [crate::seeded_randn(2, 1.0, &[2, 12, 8])];
+        // Too many query rows.
+        assert!(declines(
+            &crate::seeded_randn(1, 1.0, &[MAX_QUERIES + 1, 2, 8]),
+            &k,
+            &k
+        ));
         // Heads that do not divide into the kv heads.
-        let q = crate::seeded_randn(1, 1.0, &[1, 3, 8]);
-        assert!(decode_attention(
-            &q,
-            std::slice::from_ref(&k),
-            std::slice::from_ref(&k),
-            None,
-            1.0
-        )
-        .unwrap()
-        .is_none());
+        assert!(declines(&crate::seeded_randn(1, 1.0, &[1, 3, 8]), &k, &k));
         // Blocks that disagree in width, or keys without values.
         let q = crate::seeded_randn(1, 1.0, &[1, 2, 8]);
-        let k4 = crate::seeded_randn(2, 1.0, &[2, 5, 4]);
-        assert!(
-            decode_attention(&q, &[k.clone(), k4.clone()], &[k.clone(), k4], None, 1.0)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            decode_attention(&q, std::slice::from_ref(&k), &[], None, 1.0)
-                .unwrap()
-                .is_none()
-        );
+        let mixed = [k[0].clone(), crate::seeded_randn(2, 1.0, &[2, 5, 4])];
+        assert!(declines(&q, &mixed, &mixed));
+        assert!(declines(&q, &k, &[]));
+        assert!(!declines(&q, &k, &k));
         // A key dim that differs from the query's.
-        let q = crate::seeded_randn(1, 1.0, &[1, 2, 4]);
-        assert!(decode_attention(
-            &q,
-            std::slice::from_ref(&k),
-            std::slice::from_ref(&k),
-            None,
-            1.0
-        )
-        .unwrap()
-        .is_none());
+        assert!(declines(&crate::seeded_randn(1, 1.0, &[1, 2, 4]), &k, &k));
     }
 }
