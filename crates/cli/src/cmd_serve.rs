@@ -97,8 +97,6 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     let mut engine =
         Engine::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
     a.image_budget.apply(&mut engine)?;
-    let warm = engine.warm_up().context("warm-up forward")?;
-    tracing::info!("warm-up forward took {:.2} s", warm.as_secs_f64());
     let cfg = ServerConfig {
         host: a.host,
         port: a.port,

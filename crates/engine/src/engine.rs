@@ -28,6 +28,14 @@ pub enum Family {
     Qwen3,
 }
 
+/// What [`Engine::warm_up`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUp {
+    pub took: std::time::Duration,
+    /// Bytes of keys and values one token takes in a sequence's cache, over all layers.
+    pub kv_bytes_per_token: usize,
+}
+
 pub struct Engine {
     pub model: Model,
     pub config: ModelConfig,
@@ -427,8 +435,10 @@ impl Engine {
     /// One short text-only forward (16 tokens), so that one-time costs are paid at start-up
     /// and not by the first request: candle repacks each quantized weight on its first
     /// multi-row product (NEO-2B at Q8_0: the first 273-token prompt took 9.1 s, the next
-    /// 4.9 s), and weights are touched for the first time. Returns how long it took.
-    pub fn warm_up(&self) -> Result<std::time::Duration> {
+    /// 4.9 s), and weights are touched for the first time. Returns how long it took, and
+    /// the bytes of keys and values a token takes in a cache (all layers; measured, so it
+    /// holds for whatever widths and dtype the model keeps).
+    pub fn warm_up(&self) -> Result<WarmUp> {
         let t = Instant::now();
         let n = self.tokenizer.get_vocab_size(true).clamp(1, 16) as u32;
         let p = Prepared {
@@ -437,21 +447,11 @@ impl Engine {
             images: Vec::new(),
             image_info: Vec::new(),
         };
-        self.prefill(&p, LogitsWanted::Last, None)?;
-        Ok(t.elapsed())
-    }
-
-    /// Bytes of keys and values one token takes in a sequence's cache, over all layers (from
-    /// a one-token forward, so it holds for whatever widths and dtype the model keeps).
-    pub fn kv_bytes_per_token(&self) -> Result<usize> {
-        let p = Prepared {
-            prompt: String::new(),
-            ids: vec![0],
-            images: Vec::new(),
-            image_info: Vec::new(),
-        };
         let (cache, _) = self.prefill(&p, LogitsWanted::Last, None)?;
-        Ok(cache.bytes() / cache.capacity(0).max(1))
+        Ok(WarmUp {
+            took: t.elapsed(),
+            kv_bytes_per_token: cache.bytes() / cache.capacity(0).max(1),
+        })
     }
 
     /// Runs the prompt through the model; returns its cache and the logits asked for.

@@ -14,7 +14,9 @@ pub mod prompt;
 pub mod sampler;
 pub mod stream;
 
-pub use engine::{short_url, Engine, Family, FinishReason, GenerateOptions, Generation, Prepared};
+pub use engine::{
+    short_url, Engine, Family, FinishReason, GenerateOptions, Generation, Prepared, WarmUp,
+};
 pub use error::{EngineError, Result};
 pub use messages::{ChatMessage, Content, ImageUrl, Part};
 pub use sampler::SamplingParams;

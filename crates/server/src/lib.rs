@@ -207,7 +207,11 @@ pub fn spawn(mut engine: Engine, cfg: ServerConfig) -> Result<ServerHandle> {
             names.push(n);
         }
     }
-    let kv_tokens = kv_token_budget(&engine, cfg.kv_cache_bytes);
+    // One short forward pays one-time costs before the first request, and measures the
+    // cache's bytes per token for the KV budget.
+    let warm = engine.warm_up().context("warm-up forward")?;
+    tracing::info!("warm-up forward took {:.2} s", warm.took.as_secs_f64());
+    let kv_tokens = kv_token_budget(warm.kv_bytes_per_token, cfg.kv_cache_bytes);
     let engine = Arc::new(engine);
     let metrics = Arc::new(Metrics::default());
     metrics.kv_budget_tokens.store(
@@ -438,17 +442,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Tokens of keys and values `bytes` hold for this model (`None`: half the memory available
-/// now); unbounded when the model's bytes per token or the memory cannot be found.
-fn kv_token_budget(engine: &Engine, bytes: Option<usize>) -> usize {
-    let per_token = match engine.kv_bytes_per_token() {
-        Ok(p) if p > 0 => p,
-        Ok(_) => return usize::MAX,
-        Err(e) => {
-            tracing::warn!("key/value bytes per token unknown ({e}): no KV cache budget");
-            return usize::MAX;
-        }
-    };
+/// Tokens of keys and values `bytes` hold at `per_token` bytes a token (`None`: half the
+/// memory available now); unbounded when the memory cannot be read.
+fn kv_token_budget(per_token: usize, bytes: Option<usize>) -> usize {
+    if per_token == 0 {
+        return usize::MAX;
+    }
     let Some(bytes) = bytes.or_else(|| available_memory().map(|m| m / 2)) else {
         tracing::warn!("available memory unknown: no KV cache budget (set --kv-cache-mb)");
         return usize::MAX;

@@ -1094,7 +1094,7 @@ fn kv_budget_queues_what_does_not_fit_and_refuses_what_never_can() {
     let Some(root) = fixtures() else { return };
     let engine = Engine::load(&root.join("neo-tiny/model"), &LoadOptions::default())
         .expect("load the fixture model");
-    let per_token = engine.kv_bytes_per_token().expect("bytes per token");
+    let per_token = engine.warm_up().expect("warm-up").kv_bytes_per_token;
     assert!(per_token > 0);
     const BUDGET: usize = 100;
     let Some(h) = start(|c| {
