@@ -77,7 +77,6 @@ pub struct Hit {
 struct Entry {
     key: Vec<u64>,
     cache: KvCache,
-    bytes: usize,
     used: u64,
 }
 
@@ -85,6 +84,7 @@ pub struct PrefixCache {
     entries: Vec<Entry>,
     max_entries: usize,
     max_bytes: usize,
+    /// Bytes of the blocks the entries hold, a block several share counted once.
     bytes: usize,
     tick: u64,
     /// Reuse only prefixes at least this long (shorter ones save less than they cost).
@@ -108,8 +108,8 @@ impl PrefixCache {
         self.entries.iter().map(|e| e.key.len()).sum()
     }
 
-    /// Bytes of the entries' caches, each counted in full (blocks entries share with each
-    /// other or with running sequences count once per entry): what the byte bound limits.
+    /// Bytes of the blocks the entries hold, a block several entries share (a prefix two
+    /// chats have in common) counted once: what the byte bound limits.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -161,28 +161,24 @@ impl PrefixCache {
         if self.max_entries == 0 || cache.len() != key.len() || key.len() < self.min_len {
             return;
         }
-        // A finished sequence's buffers have room for up to as many tokens again; the store
-        // only reads them, so it keeps (and counts) exactly the filled part.
+        // A finished sequence's blocks may have room left; the store only reads them, so it
+        // keeps (and counts) exactly the filled part.
         if cache.shrink_to_fit().is_err() {
             return;
         }
-        let bytes = cache.bytes();
-        if bytes > self.max_bytes {
+        if cache.bytes() > self.max_bytes {
             return;
         }
-        let mut i = 0;
-        while i < self.entries.len() {
-            let e = &self.entries[i];
-            if e.key.len() <= key.len() && key[..e.key.len()] == e.key[..] {
-                self.bytes -= e.bytes;
-                self.entries.swap_remove(i);
-            } else {
-                i += 1;
+        self.entries
+            .retain(|e| !(e.key.len() <= key.len() && key[..e.key.len()] == e.key[..]));
+        // The least recently used entries go until the new one fits beside the rest.
+        loop {
+            let (_, bytes) = unique_blocks(self.entries.iter().map(|e| &e.cache).chain([&cache]));
+            if self.entries.is_empty()
+                || (self.entries.len() < self.max_entries && bytes <= self.max_bytes)
+            {
+                break;
             }
-        }
-        while !self.entries.is_empty()
-            && (self.entries.len() >= self.max_entries || self.bytes + bytes > self.max_bytes)
-        {
             let oldest = self
                 .entries
                 .iter()
@@ -190,18 +186,25 @@ impl PrefixCache {
                 .min_by_key(|(_, e)| e.used)
                 .map(|(i, _)| i)
                 .unwrap_or(0);
-            self.bytes -= self.entries[oldest].bytes;
             self.entries.swap_remove(oldest);
         }
         self.tick += 1;
-        self.bytes += bytes;
         self.entries.push(Entry {
             key,
             cache,
-            bytes,
             used: self.tick,
         });
+        self.bytes = unique_blocks(self.entries.iter().map(|e| &e.cache)).1;
     }
+}
+
+/// The blocks `caches` hold and their bytes, a block several hold counted once.
+pub fn unique_blocks<'a>(caches: impl Iterator<Item = &'a KvCache>) -> (usize, usize) {
+    let mut blocks = std::collections::HashMap::new();
+    for c in caches {
+        blocks.extend(c.block_usage());
+    }
+    (blocks.len(), blocks.values().sum())
 }
 
 /// Images among `key` (runs of image keys).
@@ -309,6 +312,21 @@ mod tests {
             pc.insert((0..5).map(|i| 100 * t + i).collect(), cache_of(5));
             assert!(pc.bytes() <= per * 2);
         }
+        // Entries that share blocks count them once: a cache of 70 of an 80-token entry's
+        // tokens (the same block) fits beside it under a bound of one and a half entries.
+        let whole = cache_of(80);
+        let per = whole.bytes();
+        let part = whole.prefix(70, 0).unwrap();
+        let mut pc = PrefixCache::new(100, per * 3 / 2);
+        pc.min_len = 1;
+        pc.insert((0..80).collect(), whole);
+        pc.insert((0..70).map(|i| i + 1000).collect(), part);
+        assert_eq!(pc.entries.len(), 2);
+        assert_eq!(pc.bytes(), per);
+        // A cache of its own does not fit beside them: the least recently used entry goes.
+        pc.insert((0..80).map(|i| i + 2000).collect(), cache_of(80));
+        assert_eq!(pc.entries.len(), 1);
+        assert_eq!(pc.bytes(), per);
         // A cache that does not match its key is not stored.
         pc.insert(vec![1, 2, 3], cache_of(5));
         assert!(pc.lookup(&[1, 2, 3, 4], &[1, 2, 3, 4]).is_none());

@@ -398,19 +398,13 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
 /// them share (a prefix reused by a running sequence) counts once.
 fn store_kv_gauges(metrics: &Metrics, running: &[Seq], prefix: &PrefixCache) {
     let tokens: usize = running.iter().map(|q| q.cache.len()).sum();
-    let mut blocks = std::collections::HashMap::new();
-    for cache in running.iter().map(|q| &q.cache).chain(prefix.caches()) {
-        for (id, bytes) in cache.block_usage() {
-            blocks.insert(id, bytes);
-        }
-    }
+    let (blocks, bytes) =
+        crate::prefix::unique_blocks(running.iter().map(|q| &q.cache).chain(prefix.caches()));
     metrics.kv_running_tokens.store(tokens as u64, Relaxed);
     let reserved: usize = running.iter().map(|q| q.reserve).sum();
     metrics.kv_reserved_tokens.store(reserved as u64, Relaxed);
-    metrics.kv_blocks.store(blocks.len() as u64, Relaxed);
-    metrics
-        .kv_bytes
-        .store(blocks.values().sum::<usize>() as u64, Relaxed);
+    metrics.kv_blocks.store(blocks as u64, Relaxed);
+    metrics.kv_bytes.store(bytes as u64, Relaxed);
     metrics
         .prefix_cached_tokens
         .store(prefix.tokens() as u64, Relaxed);
