@@ -1,11 +1,12 @@
 //! A sequence's KV cache and position state, kept in blocks.
 //!
 //! Each layer holds its keys and values as a list of blocks, (n_kv, capacity, d) and
-//! (n_kv, capacity, dv) each, filled in order (every block but the last is full as far as
-//! this cache uses it). A prompt chunk of at least [`BLOCK_TOKENS`] tokens becomes a block as
-//! it is, without a copy; shorter appends (decode steps) are written in place into the last
-//! block while it has room and belongs to this cache alone, and otherwise into a new block of
-//! [`BLOCK_TOKENS`] tokens. Nothing already cached is ever copied or moved.
+//! (n_kv, capacity, dv) each, the cached tokens in order (a block keeps any room an append
+//! did not fit into; only the last block is ever written again). A prompt chunk of at least
+//! [`BLOCK_TOKENS`] tokens becomes a block as it is, without a copy; shorter appends (decode
+//! steps) are written in place into the last block while it has room and belongs to this
+//! cache alone, and otherwise into a new block of [`BLOCK_TOKENS`] tokens. Appending never
+//! copies or moves what is cached (only [`KvCache::shrink_to_fit`] copies, blocks with room).
 //!
 //! Blocks are shared, never copied: [`KvCache::prefix`] and `clone` hand out the same blocks
 //! (the last one cut to the prefix's length) marked as not owned, so the new cache starts a
