@@ -197,8 +197,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `attention` (layers::attention) for q: (n, n_heads, d) against keys and values given as
-/// blocks in order (a KV cache's, [`crate::KvBlocks`]): block b is k[b]: (n_kv, keys_b, d) and
-/// v[b]: (n_kv, keys_b, dv), any strides with the last dimension contiguous, read where they
+/// blocks in order (a KV cache's, [`crate::KvBlocks`]): block b is `k[b]`: (n_kv, keys_b, d) and
+/// `v[b]`: (n_kv, keys_b, dv), any strides with the last dimension contiguous, read where they
 /// lie. On the CPU without gradients and with n ≤ [`MAX_QUERIES`]; `None` when it does not
 /// apply. The result is (n, n_heads·dv) in v's dtype, identical for any thread count and for
 /// any cut of the same keys into blocks (keys are visited in order).
