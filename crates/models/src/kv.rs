@@ -60,25 +60,19 @@ impl Block {
         self.k.dims().get(1).copied().unwrap_or(0)
     }
 
-    /// The filled part, (n_kv, len, d) and (n_kv, len, dv).
-    fn views(&self) -> candle_core::Result<(Tensor, Tensor)> {
-        if self.len == self.capacity() {
+    /// The first `len` tokens, (n_kv, len, d) and (n_kv, len, dv): the buffers themselves when
+    /// that is all of them, else views.
+    fn views(&self, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        if len == self.capacity() {
             Ok((self.k.clone(), self.v.clone()))
         } else {
-            Ok((
-                self.k.narrow(1, 0, self.len)?,
-                self.v.narrow(1, 0, self.len)?,
-            ))
+            Ok((self.k.narrow(1, 0, len)?, self.v.narrow(1, 0, len)?))
         }
     }
 
     /// The first `len` tokens of this block as a view another cache holds (never written).
     fn shared(&self, len: usize) -> candle_core::Result<Block> {
-        let (k, v) = if len == self.capacity() {
-            (self.k.clone(), self.v.clone())
-        } else {
-            (self.k.narrow(1, 0, len)?, self.v.narrow(1, 0, len)?)
-        };
+        let (k, v) = self.views(len)?;
         Ok(Block {
             k,
             v,
@@ -215,15 +209,14 @@ impl KvCache {
     }
 
     /// Drops the unused room of this cache's blocks (one copy of at most [`BLOCK_TOKENS`]
-    /// tokens per block with room: the last one, or one a longer append skipped), for a cache that will only be read from now on, such as one
-    /// kept for prefix reuse.
+    /// tokens per block with room: the last one, or one a longer append skipped), for a cache
+    /// that will only be read from now on, such as one kept for prefix reuse.
     pub fn shrink_to_fit(&mut self) -> candle_core::Result<()> {
         for l in self.layers.iter_mut() {
             for b in l.iter_mut() {
                 if b.owned && b.capacity() > b.len {
-                    let k = b.k.narrow(1, 0, b.len)?.contiguous()?;
-                    let v = b.v.narrow(1, 0, b.len)?.contiguous()?;
-                    *b = Block::new(k, v, b.len);
+                    let (k, v) = b.views(b.len)?;
+                    *b = Block::new(k.contiguous()?, v.contiguous()?, b.len);
                 }
             }
         }
@@ -329,7 +322,7 @@ impl KvCache {
         }
         let (mut ks, mut vs) = (Vec::with_capacity(blocks.len()), Vec::new());
         for b in blocks.iter() {
-            let (k, v) = b.views()?;
+            let (k, v) = b.views(b.len)?;
             ks.push(k);
             vs.push(v);
         }
