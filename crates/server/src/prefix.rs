@@ -84,7 +84,9 @@ pub struct PrefixCache {
     entries: Vec<Entry>,
     max_entries: usize,
     max_bytes: usize,
-    /// Bytes of the blocks the entries hold, a block several share counted once.
+    /// The blocks the entries hold (id to bytes), and their bytes: a block several entries
+    /// share counted once.
+    blocks: Blocks,
     bytes: usize,
     tick: u64,
     /// Reuse only prefixes at least this long (shorter ones save less than they cost).
@@ -97,6 +99,7 @@ impl PrefixCache {
             entries: Vec::new(),
             max_entries,
             max_bytes,
+            blocks: Blocks::new(),
             bytes: 0,
             tick: 0,
             min_len: 16,
@@ -114,9 +117,9 @@ impl PrefixCache {
         self.bytes
     }
 
-    /// The stored caches.
-    pub fn caches(&self) -> impl Iterator<Item = &KvCache> {
-        self.entries.iter().map(|e| &e.cache)
+    /// The blocks the entries hold, id to bytes (kept up to date by `insert`).
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
     /// The longest stored prefix of `key` that leaves at least one token to prefill (the
@@ -173,7 +176,8 @@ impl PrefixCache {
             .retain(|e| !(e.key.len() <= key.len() && key[..e.key.len()] == e.key[..]));
         // The least recently used entries go until the new one fits beside the rest.
         loop {
-            let (_, bytes) = unique_blocks(self.entries.iter().map(|e| &e.cache).chain([&cache]));
+            let all = block_map(self.entries.iter().map(|e| &e.cache).chain([&cache]));
+            let bytes: usize = all.values().sum();
             if self.entries.is_empty()
                 || (self.entries.len() < self.max_entries && bytes <= self.max_bytes)
             {
@@ -194,17 +198,21 @@ impl PrefixCache {
             cache,
             used: self.tick,
         });
-        self.bytes = unique_blocks(self.entries.iter().map(|e| &e.cache)).1;
+        self.blocks = block_map(self.entries.iter().map(|e| &e.cache));
+        self.bytes = self.blocks.values().sum();
     }
 }
 
-/// The blocks `caches` hold and their bytes, a block several hold counted once.
-pub fn unique_blocks<'a>(caches: impl Iterator<Item = &'a KvCache>) -> (usize, usize) {
-    let mut blocks = std::collections::HashMap::new();
+/// KV blocks by id, with their bytes over all layers (`KvCache::block_usage`).
+pub type Blocks = std::collections::HashMap<u64, usize>;
+
+/// The blocks `caches` hold, a block several hold once.
+pub fn block_map<'a>(caches: impl Iterator<Item = &'a KvCache>) -> Blocks {
+    let mut blocks = Blocks::new();
     for c in caches {
         blocks.extend(c.block_usage());
     }
-    (blocks.len(), blocks.values().sum())
+    blocks
 }
 
 /// Images among `key` (runs of image keys).
@@ -268,8 +276,11 @@ mod tests {
         assert_eq!((hit.len, hit.images, hit.cache.len()), (8, 1, 8));
         // The hit holds the entry's blocks (no copy): one copy of them in use.
         let ids_of = |c: &KvCache| c.block_usage().map(|(id, _)| id).collect::<Vec<_>>();
-        let stored: Vec<u64> = pc.caches().flat_map(ids_of).collect();
-        assert_eq!(ids_of(&hit.cache), stored);
+        let mut held = ids_of(&hit.cache);
+        held.sort_unstable();
+        let mut stored: Vec<u64> = pc.blocks().keys().copied().collect();
+        stored.sort_unstable();
+        assert_eq!(held, stored);
         // A longer prompt (next turn): the whole entry.
         let mut ids2 = ids.clone();
         ids2.extend([6, 7]);

@@ -398,8 +398,14 @@ fn run(engine: &Engine, queue: &Queue, metrics: &Metrics) {
 /// them share (a prefix reused by a running sequence) counts once.
 fn store_kv_gauges(metrics: &Metrics, running: &[Seq], prefix: &PrefixCache) {
     let tokens: usize = running.iter().map(|q| q.cache.len()).sum();
-    let (blocks, bytes) =
-        crate::prefix::unique_blocks(running.iter().map(|q| &q.cache).chain(prefix.caches()));
+    // The prefix cache keeps its block set; only the running sequences' blocks are looked at
+    // each step, those it does not hold (a reused prefix is its blocks) counted on top.
+    let held = prefix.blocks();
+    let own = crate::prefix::block_map(running.iter().map(|q| &q.cache));
+    let mine = own.iter().filter(|(id, _)| !held.contains_key(id));
+    let (blocks, bytes) = mine.fold((held.len(), prefix.bytes()), |(n, b), (_, x)| {
+        (n + 1, b + x)
+    });
     metrics.kv_running_tokens.store(tokens as u64, Relaxed);
     let reserved: usize = running.iter().map(|q| q.reserve).sum();
     metrics.kv_reserved_tokens.store(reserved as u64, Relaxed);
