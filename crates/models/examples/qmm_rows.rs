@@ -1,7 +1,8 @@
 //! Times x·wᵀ for a quantized weight at 1 to 512 rows: pixlm's row kernel
-//! (`kernels::qmatvec`), its tile kernel (`kernels::qgemm`, `kernels::qgemm::q4k`), both called directly
+//! (`kernels::qmatvec`), its tile kernel (`kernels::qgemm`, `kernels::qgemm::q4k`) and Q8_0's
+//! few-rows kernel (`kernels::qgemm::rows`), all called directly
 //! whatever `kernels::quantized_matmul_t` would choose, against candle's QMatMul. The figures
-//! behind `kernels::quantized_max_rows` and `kernels::q8_0_tile_min_rows`:
+//! behind `kernels::quantized_max_rows`, `kernels::q8_0_few_rows` and `kernels::q8_0_tile_min_rows`:
 //! `cargo run --release -p pixlm-models --example qmm_rows -- q8_0` (or `q4_k`; a third
 //! argument, e.g. `1,8,512`, picks the row counts).
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -50,8 +51,10 @@ fn main() -> anyhow::Result<()> {
     };
     let tile = qgemm::available();
     for rows in row_counts {
+        // The few-rows kernel (`kernels::qgemm::rows`): Q8_0, at most 8 rows.
+        let few = tile && fmt == GgmlDType::Q8_0 && rows <= qgemm::rows::MAX_ROWS;
         let x = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
-        let mut best = [f64::MAX; 3];
+        let mut best = [f64::MAX; 4];
         // Fewer weights and repetitions where each product is long (compute-bound anyway).
         let (layers, reps) = if rows >= 64 {
             (layers.min(4), 2)
@@ -86,6 +89,16 @@ fn main() -> anyhow::Result<()> {
                 }
                 best[2] = best[2].min(t.elapsed().as_secs_f64() / layers as f64);
             }
+            if few {
+                let t = Instant::now();
+                for w in &ws[..layers] {
+                    let mut y = vec![0f32; rows * n];
+                    qgemm::rows::q8_0_rows(&w.data()?, n, k, &xs, rows, &mut y)
+                        .map_err(anyhow::Error::msg)?;
+                    std::hint::black_box(y);
+                }
+                best[3] = best[3].min(t.elapsed().as_secs_f64() / layers as f64);
+            }
             let t = Instant::now();
             for q in &qms[..layers] {
                 std::hint::black_box(q.forward(&x)?);
@@ -109,8 +122,13 @@ fn main() -> anyhow::Result<()> {
         } else {
             String::new()
         };
+        let few_col = if few {
+            format!("  few {:8.3} ms ({:5.1} GB/s)", best[3] * 1e3, gb / best[3])
+        } else {
+            String::new()
+        };
         println!(
-            "{fmt:?} rows {rows:3}: pixlm {:8.3} ms ({:5.1} GB/s){tile_col}  candle {:8.3} ms ({:5.1} GB/s, {:5.1} GMAC/s)",
+            "{fmt:?} rows {rows:3}: pixlm {:8.3} ms ({:5.1} GB/s){tile_col}{few_col}  candle {:8.3} ms ({:5.1} GB/s, {:5.1} GMAC/s)",
             best[0] * 1e3,
             gb / best[0],
             best[1] * 1e3,

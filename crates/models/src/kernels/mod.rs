@@ -106,7 +106,8 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for
 /// `fmt`. That kernel streams the weights once, but its integer work grows with every row;
 /// tile kernels do more of it per loaded weight (pixlm's [`qgemm`], candle's repacked
-/// tiles). Measured with `cargo run --release -p pixlm-models --example qmm_rows` (a 6144 ×
+/// tiles), and for Q8_0 without VNNI the few-rows kernel ([`q8_0_few_rows`]) from 5 rows.
+/// Measured with `cargo run --release -p pixlm-models --example qmm_rows` (a 6144 ×
 /// 2048 weight, milliseconds, row kernel / tile): on an AVX-512 VNNI CPU, Q8_0 at 4 rows
 /// 0.77 / 0.86 (pixlm's VNNI tile), 6 rows 1.36 / 0.99. Q4_K, whose row kernel unpacks each
 /// weight row once for up to four x rows: at 4 rows 0.42-0.47 / 0.73-0.81 (candle's VNNI
@@ -115,9 +116,24 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// tiles). Without VNNI see [`q8_0_tile_min_rows`].
 pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
     match fmt {
-        qmatvec::QFormat::Q8_0 if qgemm::vnni() || candle_has_vnni_tiles() => 4,
+        qmatvec::QFormat::Q8_0 if qgemm::available() || candle_has_vnni_tiles() => 4,
         _ => matvec::MAX_ROWS,
     }
+}
+
+/// Whether [`quantized_matmul_t`] sends a Q8_0 product of `rows` rows to the few-rows kernel
+/// ([`qgemm::rows::q8_0_rows`]): past [`quantized_max_rows`] and up to its
+/// [`qgemm::rows::MAX_ROWS`], on CPUs with AVX2 and no VNNI (with VNNI, pixlm's or candle's
+/// VNNI tiles take them). Measured on Zen 3 with `qmm_rows` (a 6144 × 2048 weight,
+/// BENCHMARKS.md "Q8_0 decode steps of 5 to 8 sequences"): at 5 rows 0.83-0.90x the time of
+/// the faster of the row and tile kernels, at 6 rows 0.86-0.96x, at 8 rows 0.96-1.0x the
+/// tile's; at 1 to 4 rows the row kernel is level or ahead.
+pub fn q8_0_few_rows(rows: usize) -> bool {
+    qgemm::available()
+        && !qgemm::vnni()
+        && !candle_has_vnni_tiles()
+        && rows > quantized_max_rows(qmatvec::QFormat::Q8_0)
+        && rows <= qgemm::rows::MAX_ROWS
 }
 
 /// Fewest rows of `x` for which [`quantized_matmul_t`] sends a Q8_0 product to pixlm's tile
@@ -191,14 +207,16 @@ pub fn quantized_matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
         qmatvec::QFormat::Q8_0 => q8_0_tile_min_rows(),
         qmatvec::QFormat::Q4K => q4k_tile_min_rows(),
     };
-    let tile = tile_min.is_some_and(|m| rows >= m);
-    if rows == 0 || (rows > quantized_max_rows(fmt) && !tile) {
+    let few = fmt == qmatvec::QFormat::Q8_0 && q8_0_few_rows(rows);
+    let tile = !few && tile_min.is_some_and(|m| rows >= m);
+    if rows == 0 || (rows > quantized_max_rows(fmt) && !tile && !few) {
         return Ok(None);
     }
     let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let mut y = vec![0f32; rows * n];
     let bytes = w.data()?;
     match (tile, fmt) {
+        _ if few => qgemm::rows::q8_0_rows(&bytes, n, k, &xs, rows, &mut y),
         (true, qmatvec::QFormat::Q8_0) => qgemm::q8_0_gemm(&bytes, n, k, &xs, rows, &mut y),
         (true, qmatvec::QFormat::Q4K) => qgemm::q4k::q4k_gemm(&bytes, n, k, &xs, rows, &mut y),
         (false, _) => qmatvec::qmatvec(fmt, &bytes, n, k, &xs, rows, &mut y),

@@ -22,6 +22,7 @@
 //! whatever the thread count and however many rows share the call.
 
 pub mod q4k;
+pub mod rows;
 
 use super::matvec::SharedOut;
 use super::qmatvec::{check_sizes, f16_at, quantize_block, QFormat, Q8_0_BLOCK, Q8_0_BYTES};
@@ -421,6 +422,16 @@ pub(crate) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(crate) unsafe fn store_transposed(r: [__m256i; 8], out: *mut u8) {
+        for (s, v) in transpose(r).iter().enumerate() {
+            _mm256_storeu_si256(out.add(s * 32).cast(), *v);
+        }
+    }
+
+    /// Eight rows of eight 4-byte groups as eight vectors of one group from each row
+    /// (vector `s` holds group `s` of rows 0 to 7, row `i` in lane `i`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
         let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
         let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
         let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
@@ -442,12 +453,16 @@ pub(crate) mod avx2 {
             _mm256_unpacklo_epi64(t5, t7),
             _mm256_unpackhi_epi64(t5, t7),
         ];
-        for s in 0..4 {
-            let lo = _mm256_permute2x128_si256::<0x20>(u[s], v[s]);
-            let hi = _mm256_permute2x128_si256::<0x31>(u[s], v[s]);
-            _mm256_storeu_si256(out.add(s * 32).cast(), lo);
-            _mm256_storeu_si256(out.add((s + 4) * 32).cast(), hi);
-        }
+        [
+            _mm256_permute2x128_si256::<0x20>(u[0], v[0]),
+            _mm256_permute2x128_si256::<0x20>(u[1], v[1]),
+            _mm256_permute2x128_si256::<0x20>(u[2], v[2]),
+            _mm256_permute2x128_si256::<0x20>(u[3], v[3]),
+            _mm256_permute2x128_si256::<0x31>(u[0], v[0]),
+            _mm256_permute2x128_si256::<0x31>(u[1], v[1]),
+            _mm256_permute2x128_si256::<0x31>(u[2], v[2]),
+            _mm256_permute2x128_si256::<0x31>(u[3], v[3]),
+        ]
     }
 
     /// x rows `r0..r0+t` (`t` 1 to 4) against one packed panel, by the VNNI kernel if
