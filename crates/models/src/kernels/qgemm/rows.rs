@@ -207,18 +207,28 @@ mod tests {
         if !super::super::available() {
             return;
         }
-        for &(n, blocks, rows) in &[
-            (1, 1, 1),
-            (7, 2, 3),
-            (8, 1, 8),
-            (9, 3, 5),
-            (37, 5, 2),
-            (130, 4, 7),
-            (300, 24, 8),
-            (1030, 64, 6), // large enough for the thread pool
+        // With `minus_128`, values of -128 (GGUF allows them; llama.cpp never writes them):
+        // the sign trick takes them as |w| = 128, as the tile kernel does (whose own test
+        // checks that against the exact sums).
+        for &(n, blocks, rows, minus_128) in &[
+            (1, 1, 1, false),
+            (7, 2, 3, false),
+            (8, 1, 8, false),
+            (9, 3, 5, false),
+            (9, 2, 3, true),
+            (37, 5, 2, false),
+            (130, 4, 7, true),
+            (300, 24, 8, false),
+            (1030, 64, 6, false), // large enough for the thread pool
         ] {
             let k = blocks * Q8_0_BLOCK;
-            let (w, _) = test_data::weights(n as u64 * 5 + 2, n, k, QFormat::Q8_0);
+            let (mut w, _) = test_data::weights(n as u64 * 5 + 2, n, k, QFormat::Q8_0);
+            if minus_128 {
+                for blk in w.chunks_exact_mut(34) {
+                    blk[2] = 0x80;
+                    blk[33] = 0x80;
+                }
+            }
             let x = x_rows(rows as u64 + 21, rows, k);
             let mut want = vec![f32::NAN; rows * n];
             super::super::gemm(&w, n, k, &x, rows, &mut want, false);
@@ -226,29 +236,6 @@ mod tests {
             run(&w, n, k, &x, rows, &mut y);
             let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "n={n} k={k} rows={rows}: not the tile kernel's bits");
-        }
-    }
-
-    #[test]
-    fn weights_of_minus_128_are_multiplied_right() {
-        if !super::super::available() {
-            return;
-        }
-        // GGUF files may hold -128 (llama.cpp never writes it, but the format allows it):
-        // the sign trick takes it as |w| = 128.
-        let (n, k, rows) = (9, 64, 3);
-        let (mut w, _) = test_data::weights(7, n, k, QFormat::Q8_0);
-        for blk in w.chunks_exact_mut(34) {
-            blk[2] = 0x80;
-            blk[33] = 0x80;
-        }
-        let x = x_rows(8, rows, k);
-        let mut want = vec![0f32; rows * n];
-        crate::kernels::qmatvec::qmatvec(QFormat::Q8_0, &w, n, k, &x, rows, &mut want).unwrap();
-        let mut y = vec![0f32; rows * n];
-        run(&w, n, k, &x, rows, &mut y);
-        for (a, b) in y.iter().zip(&want) {
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
     }
 
