@@ -4,9 +4,8 @@
 //! [`super::q8_0_gemm`] packs each panel of eight weight rows into a buffer and then runs its
 //! x rows over it four at a time: for many rows the packing is paid once for all of them, but
 //! for eight rows it costs about what the products do, and the second pass of four reloads the
-//! panel. Here each block of the panel's eight rows is loaded and transposed in registers (the
-//! same `store_transposed` shuffles, without the store) and met at once by every x row of the
-//! call, so each weight byte is read from memory once and touched by one pass; the integer
+//! panel. Here each block of the panel's eight rows is loaded and transposed in registers
+//! (what `pack_blocks` does before storing) and met at once by every x row of the call, so each weight byte is read from memory once and touched by one pass; the integer
 //! products are the AVX2 tile kernel's (the sign trick: a sign, a `maddubs`, a `madd` and an
 //! add per x row and 4-byte step).
 //!
@@ -132,6 +131,9 @@ mod avx2 {
 
     /// The eight weight rows' block `b`: its values transposed (vector `s` holds bytes
     /// `4s..4s+4` of each row, row `i` in lane `i`) and its eight scales widened to f32.
+    /// `pack_blocks` does the same and stores it; written there as a call to this, the tile
+    /// kernel ran 1.2-1.6x slower in `qmm_rows` (the compiler kept the call, returning the
+    /// eight vectors through memory), so the loads stay written out in both.
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn block(wr: &[*const u8; PANEL], b: usize) -> ([__m256i; 8], __m256) {
@@ -140,30 +142,6 @@ mod avx2 {
         let bits = _mm_set_epi16(d(7), d(6), d(5), d(4), d(3), d(2), d(1), d(0));
         let r: [__m256i; 8] = std::array::from_fn(|i| _mm256_loadu_si256(wr[i].add(at + 2).cast()));
         (transpose(r), _mm256_cvtph_ps(bits))
-    }
-
-    /// Block `b`'s scaled sums added into `acc`, as the tile kernels add them.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn accumulate<const R: usize>(
-        acc: &mut [__m256; R],
-        isum: &[__m256i; R],
-        dw: __m256,
-        ds: &[*const f32; MAX_ROWS],
-        b: usize,
-    ) {
-        for r in 0..R {
-            let d = _mm256_mul_ps(dw, _mm256_set1_ps(*ds[r].add(b)));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), d, acc[r]);
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn store<const R: usize>(acc: &[__m256; R], out: &mut [[f32; PANEL]; MAX_ROWS]) {
-        for r in 0..R {
-            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -191,9 +169,15 @@ mod avx2 {
                     isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p16, ones));
                 }
             }
-            accumulate(&mut acc, &isum, dw, &ds, b);
+            // Block b's scaled sums, added as the tile kernels add them.
+            for r in 0..R {
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(*ds[r].add(b)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), d, acc[r]);
+            }
         }
-        store(&acc, out);
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
     }
 }
 
