@@ -363,8 +363,6 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// [`super::pack_quants`] for eight whole rows: per block, the eight rows' 32 bytes are an
-    /// 8 × 8 matrix of 4-byte groups, transposed in registers.
     /// [`super::pack_scales`] and [`super::pack_quants`] of a full panel (rows `o0..o0+8`)
     /// in one pass: per block the eight rows' values transposed in registers and their eight
     /// f16 scales widened by one `vcvtph2ps`. (Widening the scales one at a time, apart,
