@@ -317,7 +317,7 @@ const QUERY_BLOCK: usize = 32;
 
 /// `attention` (layers::attention) for prompts: q (n, n_heads, d), k (n_kv, n_keys, d), v
 /// (n_kv, n_keys, dv) as for [`decode_attention`], any number of query rows. Each task takes
-/// one kv head and [`QUERY_BLOCK`] query rows: it multiplies their query heads by the keys up
+/// one kv head and `QUERY_BLOCK` (32) query rows: it multiplies their query heads by the keys up
 /// to the last one the mask lets any of those rows see (so a causal prompt does half the work
 /// of the full product), takes the softmax of each score row in place, and multiplies by the
 /// values, both products by the `gemm` crate on one thread. candle's path (the reference)
