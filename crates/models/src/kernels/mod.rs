@@ -126,7 +126,7 @@ pub fn quantized_max_rows(fmt: qmatvec::QFormat) -> usize {
 /// [`qgemm::rows::MAX_ROWS`], on CPUs with AVX2 and no VNNI (with VNNI, pixlm's or candle's
 /// VNNI tiles take them). Measured on Zen 3 with `qmm_rows` (a 6144 × 2048 weight,
 /// BENCHMARKS.md "Q8_0 decode steps of 5 to 8 sequences"): at 5 rows 0.83-0.90x the time of
-/// the faster of the row and tile kernels, at 6 rows 0.86-0.96x, at 8 rows 0.96-1.0x the
+/// the faster of the row and tile kernels, at 6 rows 0.86-0.96x, at 8 rows 0.83-1.0x the
 /// tile's; at 1 to 4 rows the row kernel is level or ahead.
 pub fn q8_0_few_rows(rows: usize) -> bool {
     qgemm::available()

@@ -3,11 +3,12 @@
 //!
 //! [`super::q8_0_gemm`] packs each panel of eight weight rows into a buffer and then runs its
 //! x rows over it four at a time: for many rows the packing is paid once for all of them, but
-//! for eight rows it costs about what the products do, and the second pass of four reloads the
-//! panel. Here each block of the panel's eight rows is loaded and transposed in registers
-//! (what `pack_blocks` does before storing) and met at once by every x row of the call, so each weight byte is read from memory once and touched by one pass; the integer
-//! products are the AVX2 tile kernel's (the sign trick: a sign, a `maddubs`, a `madd` and an
-//! add per x row and 4-byte step).
+//! for a few it is not repaid (at eight rows the tile took 1.0-1.2x this kernel's time in
+//! `qmm_rows`, BENCHMARKS.md "Q8_0 decode steps of 5 to 8 sequences"). Here each block of the
+//! panel's eight rows is loaded and transposed in registers (what `pack_blocks` does before
+//! storing) and met at once by every x row of the call, so each weight byte is read from
+//! memory once and touched by one pass; the integer products are the AVX2 tile kernel's (the
+//! sign trick: a sign, a `maddubs`, a `madd` and an add per x row and 4-byte step).
 //!
 //! For CPUs without AVX-512 VNNI (Zen 3, the machines this project measures on). Where VNNI is
 //! present [`super::q8_0_gemm`] takes these rows with its `vpdpbusd` kernel instead: a VNNI
