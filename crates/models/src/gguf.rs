@@ -316,6 +316,7 @@ pub fn load_model(
     let vb = var_builder(file, dtype, device);
     let mut loader = LinearLoader::new(quant, Some(file.clone()));
     loader.dense_embeddings = dense_embeddings;
+    loader.pack_dense = true;
     let loader = Rc::new(loader);
     let model = loader.scope(|| Model::from_var_builder(&vb, cfg, neo_ids))?;
     Ok((model, loader.take_report()))

@@ -188,6 +188,7 @@ impl Model {
             let mut loader = layers::linear::LinearLoader::new(opts.quant, None);
             loader.dense_embeddings = opts.dense_embeddings;
             loader.half = half;
+            loader.pack_dense = true;
             Self::from_var_builder_loading(&vb, cfg, neo_ids, loader)?
         };
         if !report.layers.is_empty() {
@@ -222,8 +223,9 @@ impl Model {
     }
 
     /// As [`Model::from_var_builder`], quantizing the weight matrices to `quant` where their
-    /// shape allows (e.g. random-weight benchmarks of a quantized model). `None` is exactly
-    /// `from_var_builder` (dense, differentiable) with an empty report.
+    /// shape allows (e.g. random-weight benchmarks of a quantized model), for inference: the
+    /// dense weights are packed for the CPU kernels where they apply (not differentiable; use
+    /// `from_var_builder` to train).
     pub fn from_var_builder_quantized(
         vb: &candle_nn::VarBuilder,
         cfg: &ModelConfig,
@@ -241,14 +243,9 @@ impl Model {
         quant: Option<QuantFormat>,
         half: layers::linear::HalfWeights,
     ) -> Result<(Self, LinearReport)> {
-        if quant.is_none() && matches!(half, layers::linear::HalfWeights::None) {
-            return Ok((
-                Self::from_var_builder(vb, cfg, neo_ids)?,
-                LinearReport::default(),
-            ));
-        }
         let mut loader = layers::linear::LinearLoader::new(quant, None);
         loader.half = half;
+        loader.pack_dense = true;
         Self::from_var_builder_loading(vb, cfg, neo_ids, loader)
     }
 

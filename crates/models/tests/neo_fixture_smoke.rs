@@ -255,7 +255,7 @@ fn bf16_weights_kept_as_stored_give_the_widened_logits() {
         ..Default::default()
     };
     let widened = Model::load(&dir, &cfg, Some(sp), &opts).unwrap();
-    let head_dtype = |m: &Model| m.backbone().lm_head().dense_weight().unwrap().dtype();
+    let head_dtype = |m: &Model| m.backbone().lm_head().dense_dtype().unwrap();
     assert_eq!(head_dtype(&kept), DType::BF16);
     assert_eq!(head_dtype(&widened), DType::F32);
     let (ids, images) = case_inputs(&fx, "single_image");

@@ -19,6 +19,7 @@
 //! count, so results do not depend on it.
 
 use super::matvec::{SharedOut, Weights};
+use super::packed::PackedDense;
 
 /// Rows of `x` per micro-kernel call.
 pub const MR: usize = 6;
@@ -44,10 +45,31 @@ pub fn gemm_t(
     m: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    if w.len() != n * k || x.len() != m * k || y.len() != m * n {
+    if w.len() != n * k {
+        return Err(format!("gemm sizes: weight {} for ({n}, {k})", w.len()));
+    }
+    gemm(Source::Rows(w), n, k, x, m, y)
+}
+
+/// [`gemm_t`] for weights packed at load ([`PackedDense`]): the same sums in the same order,
+/// without packing the weights (f32) or only widening a contiguous block of them (f16/bf16).
+pub fn gemm_packed(w: &PackedDense, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), String> {
+    gemm(Source::Packed(w), w.n(), w.k(), x, m, y)
+}
+
+/// Where a product's weights come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Row-major, packed per call.
+    Rows(Weights<'a>),
+    /// Packed at load, in the strips the kernel reads.
+    Packed(&'a PackedDense),
+}
+
+fn gemm(w: Source, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), String> {
+    if x.len() != m * k || y.len() != m * n {
         return Err(format!(
-            "gemm sizes: weight {} for ({n}, {k}), x {} for {m} rows, y {}",
-            w.len(),
+            "gemm sizes: ({n}, {k}) weight, x {} for {m} rows, y {}",
             x.len(),
             y.len()
         ));
@@ -88,7 +110,16 @@ pub fn gemm_t(
             let strips = nc.div_ceil(NR);
             for b0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - b0);
-                pack_w(w, k, o0, nc, b0, kc, &mut wp);
+                match w {
+                    Source::Rows(w) => pack_w(w, k, o0, nc, b0, kc, &mut wp),
+                    Source::Packed(p) if p.dtype() != candle_core::DType::F32 => {
+                        for s in 0..strips {
+                            let dst = &mut wp[s * NR * kc..(s + 1) * NR * kc];
+                            p.widen_block(o0 / NR + s, b0, kc, dst);
+                        }
+                    }
+                    Source::Packed(_) => {}
+                }
                 for i in 0..panels {
                     let r0 = i * MR;
                     let rows = MR.min(m - r0);
@@ -96,7 +127,13 @@ pub fn gemm_t(
                     for s in 0..strips {
                         let c0 = o0 + s * NR;
                         let cols = NR.min(n - c0);
-                        let b = &wp[s * NR * kc..(s + 1) * NR * kc];
+                        let b = match w {
+                            Source::Rows(_) => &wp[s * NR * kc..(s + 1) * NR * kc],
+                            Source::Packed(p) => match p.f32_block(o0 / NR + s, b0, kc) {
+                                Some(b) => b,
+                                None => &wp[s * NR * kc..(s + 1) * NR * kc],
+                            },
+                        };
                         if rows == MR && cols == NR {
                             // SAFETY: the kernel reads kc·MR values of `a` and kc·NR of `b`
                             // (their lengths) and writes (adds to, past the first block) the

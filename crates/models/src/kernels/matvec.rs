@@ -6,6 +6,11 @@
 //! bf16), and fuse four output rows per pass so each load of `x` serves four rows. The output
 //! rows are shared out over the thread pool ([`super::parallel_for`]); every output is one dot
 //! product summed in the same order whatever the thread count, so results do not depend on it.
+//!
+//! Models loaded for inference on CPUs with AVX2 pack their dense weights instead
+//! ([`super::packed`], faster at every row count and batch-invariant at all of them); these
+//! kernels serve row-major weights: CPUs without AVX2 (the portable kernel) and dense layers
+//! built without a loader.
 
 use half::{bf16, f16};
 

@@ -6,6 +6,7 @@
 pub mod attn;
 pub mod gemm;
 pub mod matvec;
+pub mod packed;
 pub mod qgemm;
 pub mod qmatvec;
 pub(crate) mod vexp;
@@ -101,6 +102,32 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(
         Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?,
     ))
+}
+
+/// `x · wᵀ` for a weight packed at load ([`packed::PackedDense`]), `x` `(.., k)` on the CPU;
+/// the result has `x`'s dtype. A gradient cannot flow through a packed weight (inference
+/// loads pack; training builds dense layers), so an `x` that wants one is refused.
+pub fn packed_matmul_t(x: &Tensor, w: &packed::PackedDense) -> Result<Tensor> {
+    let k = w.k();
+    let dims = x.dims();
+    if dims.last() != Some(&k) || !x.device().is_cpu() || x.track_op() {
+        return Err(crate::ModelError::Input(format!(
+            "a packed ({}, {k}) weight takes CPU inputs (.., {k}) with no gradient, got {:?} on {:?}",
+            w.n(),
+            dims,
+            x.device()
+        )));
+    }
+    let rows = x.elem_count() / k.max(1);
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut y = vec![0f32; rows * w.n()];
+    w.matmul_t(&xs, rows, &mut y)
+        .map_err(crate::ModelError::Input)?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.n();
+    }
+    Ok(Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?)
 }
 
 /// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for

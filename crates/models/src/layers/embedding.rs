@@ -7,6 +7,7 @@
 
 use super::linear::{Linear, WeightRole};
 use crate::error::{ModelError, Result};
+use crate::kernels::packed::PackedDense;
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -22,6 +23,9 @@ pub enum Embedding {
         table: Arc<QTensor>,
         lookup: Option<Tensor>,
     },
+    /// A dense table packed for the CPU kernels (a tied head multiplies with it as it is);
+    /// rows are gathered from its strips.
+    Packed(Arc<PackedDense>),
 }
 
 impl Embedding {
@@ -38,6 +42,7 @@ impl Embedding {
             )? {
                 Linear::Dense(t) => Embedding::Dense(t),
                 Linear::Quantized(q) => Self::from_quantized(q)?,
+                Linear::Packed(p) => Embedding::Packed(p),
             },
         )
     }
@@ -56,6 +61,7 @@ impl Embedding {
         match self {
             Embedding::Dense(t) => Linear::Dense(t.clone()),
             Embedding::Quantized { table, .. } => Linear::Quantized(table.clone()),
+            Embedding::Packed(p) => Linear::Packed(p.clone()),
         }
     }
 
@@ -64,6 +70,7 @@ impl Embedding {
         Ok(match self {
             Embedding::Dense(t) => t.dim(0)?,
             Embedding::Quantized { table, .. } => table.shape().dims2()?.0,
+            Embedding::Packed(p) => p.n(),
         })
     }
 
@@ -79,6 +86,14 @@ impl Embedding {
         let idx = || Tensor::from_slice(ids, ids.len(), device);
         match self {
             Embedding::Dense(t) => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),
+            Embedding::Packed(p) => {
+                let k = p.k();
+                let mut buf = vec![0f32; ids.len() * k];
+                for (row, &id) in buf.chunks_exact_mut(k.max(1)).zip(ids) {
+                    p.row_into(id as usize, row);
+                }
+                Ok(Tensor::from_vec(buf, (ids.len(), k), device)?.to_dtype(dtype)?)
+            }
             Embedding::Quantized {
                 lookup: Some(t), ..
             } => Ok(t.index_select(&idx()?, 0)?.to_dtype(dtype)?),

@@ -1,18 +1,20 @@
 //! The one linear-layer type models use (y = x W^T), whatever the weight format.
 //!
-//! A [`Linear`] is either dense (a candle tensor, differentiable: training builds models from a
-//! `VarMap` and gets this variant) or quantized (a GGML block format, Q8_0 or Q4_K, run by
-//! candle's quantized matmul; inference only). Model files call [`Linear::load`] with the
-//! checkpoint name and never see the format.
+//! A [`Linear`] is dense (a candle tensor, differentiable: training builds models from a
+//! `VarMap` and gets this variant), packed (a dense weight that an inference load packed for
+//! pixlm's CPU kernels, `kernels::packed`: the same values, summed in one order whatever the
+//! number of rows) or quantized (a GGML block format, Q8_0 or Q4_K; inference only). Model
+//! files call [`Linear::load`] with the checkpoint name and never see the format.
 //!
 //! Which variant `load` builds is decided in one place, the [`LinearLoader`] that
 //! [`crate::Model::load`] installs for the duration of a load (from `LoadOptions::quant`, or the
 //! tensors a GGUF file stores quantized). Without a loader (training, `from_var_builder`), every
 //! layer is dense, exactly as before. A dense layer's weight is in the compute dtype, except
 //! that under f32 on the CPU the loader keeps bf16/f16 checkpoint weights in their stored type
-//! ([`HalfWeights`]); pixlm's kernels widen them in registers (`kernels::dense_matmul_t`). The loader travels beside the `VarBuilder` in a scoped
-//! thread-local rather than through every model constructor, so the architecture files keep
-//! their `(vb, in, out, name)` calls and no model special-cases a format.
+//! ([`HalfWeights`]); pixlm's kernels widen them in registers. The loader travels beside the
+//! `VarBuilder` in a scoped thread-local rather than through every model constructor, so the
+//! architecture files keep their `(vb, in, out, name)` calls and no model special-cases a
+//! format.
 //!
 //! A layer whose input dimension is not a multiple of the format's block stays dense; the
 //! loader records it with the reason. Q4_K (blocks of 256) falls back to Q4_0 (blocks of 32,
@@ -29,9 +31,11 @@
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::kernels::matvec::Weights;
+use crate::kernels::packed::PackedDense;
 use crate::weights;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
 use candle_nn::VarBuilder;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -136,6 +140,10 @@ pub enum Linear {
     Dense(Tensor),
     /// A GGML block-quantized weight (out, in); forward only.
     Quantized(Arc<QTensor>),
+    /// A dense weight packed at load for pixlm's CPU kernels (`kernels::packed`): the same
+    /// values in the stored type, summed in one order whatever the number of rows; forward
+    /// only.
+    Packed(Arc<PackedDense>),
 }
 
 /// What the loader did with one linear weight.
@@ -201,6 +209,9 @@ pub struct LinearLoader {
     pub gguf: Option<Arc<GgufFile>>,
     /// Keep the quantized weights in the report (for writing them out).
     pub keep_quantized: bool,
+    /// Pack the dense weights (CPU, where [`PackedDense::available`]) for the CPU kernels:
+    /// inference loads set it; training builds from a `VarMap` without a loader.
+    pub pack_dense: bool,
     /// Only record the decision for each layer (the `VarBuilder` may hand out placeholder
     /// weights); every layer is built dense. Used to plan a GGUF export without loading.
     pub plan_only: bool,
@@ -339,6 +350,9 @@ impl Linear {
                     _ => dense()?,
                 };
                 loader.record(full, LinearChoice::Dense(why), None);
+                if loader.pack_dense && !loader.plan_only {
+                    return Linear::packed(weight);
+                }
                 return Ok(Linear::Dense(weight));
             }
         };
@@ -359,6 +373,45 @@ impl Linear {
         Linear::Dense(weight)
     }
 
+    /// A dense (out, in) weight packed for the CPU kernels where they apply (a contiguous
+    /// f32/f16/bf16 matrix on the CPU, a CPU with [`PackedDense::available`]); else kept as it
+    /// is.
+    pub fn packed(weight: Tensor) -> Result<Self> {
+        if !weight.device().is_cpu() || !PackedDense::available() {
+            return Ok(Linear::Dense(weight));
+        }
+        let &[n, k] = weight.dims() else {
+            return Ok(Linear::Dense(weight));
+        };
+        let packed = {
+            let (storage, layout) = weight.storage_and_layout();
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                drop(storage);
+                return Ok(Linear::Dense(weight));
+            };
+            let w = match &*storage {
+                Storage::Cpu(CpuStorage::F32(v)) => Weights::F32(&v[start..end]),
+                Storage::Cpu(CpuStorage::F16(v)) => Weights::F16(&v[start..end]),
+                Storage::Cpu(CpuStorage::BF16(v)) => Weights::BF16(&v[start..end]),
+                _ => {
+                    drop(storage);
+                    return Ok(Linear::Dense(weight));
+                }
+            };
+            PackedDense::pack(w, n, k).map_err(ModelError::Weights)?
+        };
+        Ok(Linear::Packed(Arc::new(packed)))
+    }
+
+    /// The stored dtype of a dense or packed weight; `None` for a quantized one.
+    pub fn dense_dtype(&self) -> Option<DType> {
+        match self {
+            Linear::Dense(w) => Some(w.dtype()),
+            Linear::Packed(p) => Some(p.dtype()),
+            Linear::Quantized(_) => None,
+        }
+    }
+
     /// Quantizes a dense (out, in) weight to `fmt` (Q4_K's fallback where the input dimension
     /// needs it); fails when no block of the format fits the input dimension.
     pub fn quantized(weight: &Tensor, fmt: QuantFormat) -> Result<Self> {
@@ -368,11 +421,11 @@ impl Linear {
         Ok(Linear::Quantized(Arc::new(QTensor::quantize(weight, ty)?)))
     }
 
-    /// The dense weight, or `None` for a quantized layer.
+    /// The dense weight as a tensor, or `None` for a quantized or packed layer.
     pub fn dense_weight(&self) -> Option<&Tensor> {
         match self {
             Linear::Dense(w) => Some(w),
-            Linear::Quantized(_) => None,
+            Linear::Quantized(_) | Linear::Packed(_) => None,
         }
     }
 
@@ -384,7 +437,7 @@ impl Linear {
     /// The stored GGML type, or `None` for a dense layer.
     pub fn ggml_type(&self) -> Option<GgmlDType> {
         match self {
-            Linear::Dense(_) => None,
+            Linear::Dense(_) | Linear::Packed(_) => None,
             Linear::Quantized(q) => Some(q.dtype()),
         }
     }
@@ -394,6 +447,9 @@ impl Linear {
         Ok(match self {
             Linear::Dense(w) => w.to_dtype(candle_core::DType::F32)?,
             Linear::Quantized(q) => q.dequantize(&q.device())?,
+            Linear::Packed(p) => {
+                Tensor::from_vec(p.to_f32_rows(), (p.n(), p.k()), &candle_core::Device::Cpu)?
+            }
         })
     }
 
@@ -409,6 +465,7 @@ impl Linear {
                 }
                 None => Ok(candle_nn::Linear::new(w.clone(), None).forward(x)?),
             },
+            Linear::Packed(p) => crate::kernels::packed_matmul_t(x, p),
             Linear::Quantized(q) => {
                 if let Some(y) = crate::kernels::quantized_matmul_t(x, q)? {
                     return Ok(y);

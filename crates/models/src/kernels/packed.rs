@@ -1,0 +1,581 @@
+//! Dense weights packed once, at load, into the strips [`super::gemm`] multiplies: every
+//! product of a packed weight, one row of `x` or a thousand, is summed in one order, so a
+//! sequence's answer does not depend on how many others share its decode step.
+//!
+//! Layout: strip `g` holds output features `g·NR .. g·NR + NR` ([`NR`] = 16, zeros past `n`),
+//! interleaved along `k`: value `(p, j)` (input `p`, feature `g·NR + j`) at `g·NR·k + p·NR + j`,
+//! in the stored type (f32, f16 or bf16). That is the panel `gemm` would pack on every call,
+//! so a many-row product skips its packing (f32) or only widens a contiguous block (f16/bf16).
+//!
+//! Every output is the sum, over blocks of [`KC`] inputs in order, of one FMA chain per block
+//! (`gemm`'s micro-kernel); the few-rows kernel here ([`PackedDense::matmul_t`] for at most
+//! [`MAX_ROWS`] rows) runs the same chains, reading the strips directly and widening f16/bf16
+//! in registers, with as many strips in flight as keep the FMA unit busy (four strips for one
+//! row: eight independent chains). The weights are read once per step whatever the number of
+//! rows up to 8 (one row group after another on a block in L1), which is what lets 8 decode
+//! rows cost little more than one.
+//!
+//! The row-major kernels ([`super::matvec`]) sum in another order (four accumulators across
+//! `k`); a weight is either packed or not for the life of a model, so a model's answers come
+//! from one order only.
+
+use super::gemm::{KC, NR};
+use super::matvec::{SharedOut, Weights};
+use candle_core::DType;
+use half::{bf16, f16};
+
+/// Most rows [`PackedDense::matmul_t`] gives the few-rows kernel; more go through `gemm`'s
+/// tiles (the same sums, in the same order).
+pub const MAX_ROWS: usize = 8;
+
+/// The packed values in their stored type.
+#[derive(Debug)]
+enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+/// A dense `(n, k)` weight matrix packed into strips of [`NR`] features (module docs).
+#[derive(Debug)]
+pub struct PackedDense {
+    n: usize,
+    k: usize,
+    data: Data,
+}
+
+/// Transposes rows `g·NR..` of the row-major `src` into strip `g` of `dst`, for every strip.
+fn pack_into<T: Copy + Default + Send + Sync>(src: &[T], n: usize, k: usize) -> Vec<T> {
+    let strips = n.div_ceil(NR);
+    let mut dst = vec![T::default(); strips * NR * k];
+    let out = SharedOut(dst.as_mut_ptr());
+    super::parallel_for(strips, |range| {
+        for g in range {
+            // SAFETY: strip g is the values g·NR·k..(g+1)·NR·k of `dst` (length strips·NR·k),
+            // written by this iteration only; each strip goes to one thread.
+            let strip =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr().add(g * NR * k), NR * k) };
+            for j in 0..NR.min(n - g * NR) {
+                let row = &src[(g * NR + j) * k..(g * NR + j + 1) * k];
+                for (p, v) in row.iter().enumerate() {
+                    strip[p * NR + j] = *v;
+                }
+            }
+        }
+    });
+    dst
+}
+
+impl PackedDense {
+    /// Whether this CPU runs the packed kernels (AVX2, FMA, F16C). Where it does not, weights
+    /// stay row-major.
+    pub fn available() -> bool {
+        super::gemm::available()
+    }
+
+    /// Packs the row-major `(n, k)` matrix `w`; sizes that disagree, or a CPU without
+    /// [`PackedDense::available`], are refused.
+    pub fn pack(w: Weights, n: usize, k: usize) -> Result<Self, String> {
+        if w.len() != n * k {
+            return Err(format!("pack: {} weights for ({n}, {k})", w.len()));
+        }
+        if !Self::available() {
+            return Err("packed weights need AVX2, FMA and F16C".into());
+        }
+        let data = match w {
+            Weights::F32(v) => Data::F32(pack_into(v, n, k)),
+            Weights::F16(v) => Data::F16(pack_into(v, n, k)),
+            Weights::BF16(v) => Data::BF16(pack_into(v, n, k)),
+        };
+        Ok(Self { n, k, data })
+    }
+
+    /// Output features (rows of the unpacked matrix).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (columns of the unpacked matrix).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The stored type.
+    pub fn dtype(&self) -> DType {
+        match self.data {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+        }
+    }
+
+    /// Bytes of packed values (the padding of the last strip included).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len() * 4,
+            Data::F16(v) => v.len() * 2,
+            Data::BF16(v) => v.len() * 2,
+        }
+    }
+
+    /// Row `o` of the unpacked matrix, widened to f32, into `dst` (length `k`).
+    pub fn row_into(&self, o: usize, dst: &mut [f32]) {
+        let (g, j) = (o / NR, o % NR);
+        let base = g * NR * self.k + j;
+        let at = (0..self.k).map(|p| base + p * NR);
+        match &self.data {
+            Data::F32(v) => dst.iter_mut().zip(at).for_each(|(d, i)| *d = v[i]),
+            Data::F16(v) => dst.iter_mut().zip(at).for_each(|(d, i)| *d = v[i].to_f32()),
+            Data::BF16(v) => dst.iter_mut().zip(at).for_each(|(d, i)| *d = v[i].to_f32()),
+        }
+    }
+
+    /// The unpacked `(n, k)` matrix, widened to f32, row-major.
+    pub fn to_f32_rows(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.k];
+        for (o, row) in out.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
+            self.row_into(o, row);
+        }
+        out
+    }
+
+    /// Strip `g`'s inputs `b0..b0 + kc`, `(p, j)` at `p·NR + j`, when stored in f32.
+    pub(crate) fn f32_block(&self, g: usize, b0: usize, kc: usize) -> Option<&[f32]> {
+        let at = (g * self.k + b0) * NR;
+        match &self.data {
+            Data::F32(v) => Some(&v[at..at + kc * NR]),
+            _ => None,
+        }
+    }
+
+    /// The same block widened to f32 into `dst` (kc·NR values).
+    pub(crate) fn widen_block(&self, g: usize, b0: usize, kc: usize, dst: &mut [f32]) {
+        let at = (g * self.k + b0) * NR;
+        let len = kc * NR;
+        match &self.data {
+            Data::F32(v) => dst[..len].copy_from_slice(&v[at..at + len]),
+            Data::F16(v) => dst[..len]
+                .iter_mut()
+                .zip(&v[at..at + len])
+                .for_each(|(d, s)| *d = s.to_f32()),
+            Data::BF16(v) => dst[..len]
+                .iter_mut()
+                .zip(&v[at..at + len])
+                .for_each(|(d, s)| *d = s.to_f32()),
+        }
+    }
+
+    /// `y[r·n + o] = Σ_j x[r·k + j] · w[o·k + j]` for `m` rows of `x`: the few-rows kernel up
+    /// to [`MAX_ROWS`] rows, else `gemm`'s tiles; the same bits either way. Sizes that do not
+    /// agree are refused (a caller's bug, never user input).
+    pub fn matmul_t(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), String> {
+        let (n, k) = (self.n, self.k);
+        if x.len() != m * k || y.len() != m * n {
+            return Err(format!(
+                "packed matmul sizes: ({n}, {k}) weight, x {} for {m} rows, y {}",
+                x.len(),
+                y.len()
+            ));
+        }
+        if m > MAX_ROWS {
+            return super::gemm::gemm_packed(self, x, m, y);
+        }
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        self.few_rows(x, m, y);
+        Ok(())
+    }
+
+    /// The few-rows kernel: rows in groups of at most four, strips in chunks of `per` (four
+    /// for one row, two for two, else one), blocks of KC inputs, each group's chains from zero
+    /// per block and added to `y` (stored for the first block): `gemm`'s order.
+    fn few_rows(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        let strips = n.div_ceil(NR);
+        // Row groups as even as possible, none over four: 5 → 3 + 2, 8 → 4 + 4.
+        let groups = m.div_ceil(4);
+        let sizes: Vec<usize> = (0..groups)
+            .map(|i| m / groups + usize::from(i < m % groups))
+            .collect();
+        let per = match m {
+            1 => 4,
+            2 => 2,
+            _ => 1,
+        };
+        let out = SharedOut(y.as_mut_ptr());
+        let body = |range: std::ops::Range<usize>| {
+            let mut acc = [0f32; 4 * 4 * NR];
+            let mut g = range.start;
+            while g < range.end {
+                let s = if range.end - g >= per { per } else { 1 };
+                for b0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - b0);
+                    let mut r0 = 0;
+                    for &rows in &sizes {
+                        let full = (g + s) * NR <= n;
+                        // Whole strips add straight into `y`; the last, partial one goes
+                        // through `acc` and is copied out for its columns.
+                        let (o, ldo) = if full {
+                            (out.ptr().wrapping_add(r0 * n + g * NR), n)
+                        } else {
+                            (acc.as_mut_ptr(), s * NR)
+                        };
+                        // SAFETY: `available()` held when `self` was packed; strips g..g+s
+                        // exist (g + s <= strips), each holds NR·k values, and the kernel reads
+                        // values b0..b0+kc of each (b0 + kc <= k); rows r0..r0+rows of `x`
+                        // (m·k values) are read at b0..b0+kc. It writes rows × s·NR values at
+                        // `o` with row stride `ldo`: when `full`, rows r0.. of `y` (m·n values,
+                        // checked by `matmul_t`) at columns g·NR..(g+s)·NR <= n, which belong
+                        // to strips g..g+s, this range's alone, so no other thread writes them;
+                        // else `acc` (4·4·NR values).
+                        unsafe {
+                            self.tile(
+                                rows,
+                                s,
+                                kc,
+                                x.as_ptr().add(r0 * k + b0),
+                                g,
+                                b0,
+                                o,
+                                ldo,
+                                full && b0 > 0,
+                                sizes.len() > 1 && r0 + rows == m,
+                            )
+                        };
+                        if !full {
+                            for r in 0..rows {
+                                for q in 0..s {
+                                    let c0 = (g + q) * NR;
+                                    let cols = NR.min(n.saturating_sub(c0));
+                                    let a = &acc[r * ldo + q * NR..r * ldo + q * NR + cols];
+                                    for (c, v) in a.iter().enumerate() {
+                                        // SAFETY: r0 + r < m and c0 + c < n, so the index is
+                                        // inside `y`; strips g..g+s are this range's alone.
+                                        unsafe {
+                                            let p = out.ptr().add((r0 + r) * n + c0 + c);
+                                            *p = if b0 == 0 { *v } else { *p + *v };
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        r0 += rows;
+                    }
+                }
+                g += s;
+            }
+        };
+        // Below ~64K weights the pool's wake-up costs more than the work.
+        if n * k < 1 << 16 {
+            body(0..strips);
+        } else {
+            super::parallel_for(strips, body);
+        }
+    }
+
+    /// One row group (`rows` ≤ 4) against `s` strips from `g` (s·rows ≤ 4), inputs `b0..b0+kc`:
+    /// output (r, strip, j) at `o + r·ldo + strip·NR + j`, added to what is there when `add`.
+    /// The last of several groups prefetches the next block, which the first group then finds
+    /// in cache (the groups before it run from cache meanwhile); measured in BENCHMARKS.md.
+    ///
+    /// # Safety
+    /// As at the call in `few_rows`: AVX2, FMA and F16C; strips g..g+s exist; `x` points at
+    /// row 0's input b0 of a group whose rows are k apart, each with kc values from there.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        rows: usize,
+        s: usize,
+        kc: usize,
+        x: *const f32,
+        g: usize,
+        b0: usize,
+        o: *mut f32,
+        ldo: usize,
+        add: bool,
+        prefetch: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k = self.k;
+            let xs = |r: usize| x.add(r * k);
+            let at = |q: usize| ((g + q) * k + b0) * NR;
+            macro_rules! go {
+                ($dt:literal, $v:expr) => {{
+                    let base = $v.as_ptr().cast::<u8>();
+                    let size = std::mem::size_of_val(&$v[0]);
+                    let w = |q: usize| base.add(at(q) * size);
+                    match (rows, s) {
+                        (1, 4) => avx2::tile::<$dt, 1, 4>(
+                            kc,
+                            [xs(0)],
+                            [w(0), w(1), w(2), w(3)],
+                            o,
+                            ldo,
+                            add,
+                            prefetch,
+                        ),
+                        (1, _) => {
+                            avx2::tile::<$dt, 1, 1>(kc, [xs(0)], [w(0)], o, ldo, add, prefetch)
+                        }
+                        (2, 2) => avx2::tile::<$dt, 2, 2>(
+                            kc,
+                            [xs(0), xs(1)],
+                            [w(0), w(1)],
+                            o,
+                            ldo,
+                            add,
+                            prefetch,
+                        ),
+                        (2, _) => avx2::tile::<$dt, 2, 1>(
+                            kc,
+                            [xs(0), xs(1)],
+                            [w(0)],
+                            o,
+                            ldo,
+                            add,
+                            prefetch,
+                        ),
+                        (3, _) => avx2::tile::<$dt, 3, 1>(
+                            kc,
+                            [xs(0), xs(1), xs(2)],
+                            [w(0)],
+                            o,
+                            ldo,
+                            add,
+                            prefetch,
+                        ),
+                        _ => avx2::tile::<$dt, 4, 1>(
+                            kc,
+                            [xs(0), xs(1), xs(2), xs(3)],
+                            [w(0)],
+                            o,
+                            ldo,
+                            add,
+                            prefetch,
+                        ),
+                    }
+                }};
+            }
+            match &self.data {
+                Data::F32(v) => go!(0, v),
+                Data::F16(v) => go!(1, v),
+                Data::BF16(v) => go!(2, v),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (rows, s, kc, x, g, b0, o, ldo, add, prefetch);
+            unreachable!("packed weights need AVX2")
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// Eight values at element `i` of a strip stored as `DT` (0 f32, 1 f16, 2 bf16), widened.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load<const DT: u8>(p: *const u8, i: usize) -> __m256 {
+        match DT {
+            0 => _mm256_loadu_ps(p.cast::<f32>().add(i)),
+            1 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<u16>().add(i).cast())),
+            _ => {
+                // bf16 is the top half of an f32: zero-extend to 32 bits, shift left by 16.
+                let h = _mm_loadu_si128(p.cast::<u16>().add(i).cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+        }
+    }
+
+    /// `o[r·ldo + q·NR + j] (+)= Σ_p x_r[p] · w_q[p·NR + j]` over p < kc, one FMA chain per
+    /// output in p order from zero, then added to `o` when `add` (else stored): exactly how
+    /// `gemm`'s micro-kernel sums a block.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; each `x[r]` has kc values, each `w[q]` kc·NR values of type DT,
+    /// and `o` R rows of S·NR values with row stride `ldo`. With `prefetch`, the block after
+    /// `w[0]`'s is prefetched as the kernel goes (a hint: an address past the weights does
+    /// not fault).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile<const DT: u8, const R: usize, const S: usize>(
+        kc: usize,
+        x: [*const f32; R],
+        w: [*const u8; S],
+        o: *mut f32,
+        ldo: usize,
+        add: bool,
+        prefetch: bool,
+    ) {
+        // The strip's next block follows this one in memory (the next strip's first block
+        // after the last): one block ahead of the step being read.
+        let step = NR * if DT == 0 { 4 } else { 2 };
+        let ahead = w[0].wrapping_add(super::KC * step);
+        let mut c = [[[_mm256_setzero_ps(); 2]; S]; R];
+        for p in 0..kc {
+            if prefetch && DT != 0 && p % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(p * step).cast());
+            }
+            let mut wv = [[_mm256_setzero_ps(); 2]; S];
+            for (q, wq) in wv.iter_mut().enumerate() {
+                wq[0] = load::<DT>(w[q], p * NR);
+                wq[1] = load::<DT>(w[q], p * NR + 8);
+            }
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*x[r].add(p));
+                for (cq, wq) in cr.iter_mut().zip(&wv) {
+                    cq[0] = _mm256_fmadd_ps(av, wq[0], cq[0]);
+                    cq[1] = _mm256_fmadd_ps(av, wq[1], cq[1]);
+                }
+            }
+        }
+        for (r, cr) in c.iter().enumerate() {
+            for (q, cq) in cr.iter().enumerate() {
+                let at = o.add(r * ldo + q * NR);
+                let (mut v0, mut v1) = (cq[0], cq[1]);
+                if add {
+                    v0 = _mm256_add_ps(_mm256_loadu_ps(at), v0);
+                    v1 = _mm256_add_ps(_mm256_loadu_ps(at.add(8)), v1);
+                }
+                _mm256_storeu_ps(at, v0);
+                _mm256_storeu_ps(at.add(8), v1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Each output in f64 from the widened weights, and the sum of |terms|.
+    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<(f64, f64)> {
+        let mut y = Vec::with_capacity(m * n);
+        for r in 0..m {
+            for o in 0..n {
+                let (mut s, mut a) = (0f64, 0f64);
+                for j in 0..k {
+                    let t = w[o * k + j] as f64 * x[r * k + j] as f64;
+                    s += t;
+                    a += t.abs();
+                }
+                y.push((s, a));
+            }
+        }
+        y
+    }
+
+    fn pack_as(fmt: usize, w: &[f32], n: usize, k: usize) -> (PackedDense, Vec<f32>) {
+        match fmt {
+            0 => (
+                PackedDense::pack(Weights::F32(w), n, k).unwrap(),
+                w.to_vec(),
+            ),
+            1 => {
+                let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let wid = h.iter().map(|v| v.to_f32()).collect();
+                (PackedDense::pack(Weights::F16(&h), n, k).unwrap(), wid)
+            }
+            _ => {
+                let b: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wid = b.iter().map(|v| v.to_f32()).collect();
+                (PackedDense::pack(Weights::BF16(&b), n, k).unwrap(), wid)
+            }
+        }
+    }
+
+    #[test]
+    fn matches_reference_and_unpacks_on_odd_shapes() {
+        if !PackedDense::available() {
+            return;
+        }
+        // Partial strips, k below, at and past KC (with a partial last block), 1 to 12 rows
+        // (past MAX_ROWS: gemm's tiles).
+        for &(n, k) in &[(1, 1), (5, 7), (16, 256), (37, 300), (130, 520), (200, 64)] {
+            let w = data(n as u64 * 7 + k as u64, n * k);
+            for fmt in 0..3 {
+                let (p, wid) = pack_as(fmt, &w, n, k);
+                assert_eq!((p.n(), p.k()), (n, k));
+                assert_eq!(p.to_f32_rows(), wid, "unpack n={n} k={k} fmt={fmt}");
+                for m in [1, 2, 3, 4, 5, 7, 8, 9, 12] {
+                    let x = data(1000 + m as u64, m * k);
+                    let want = reference(&wid, n, k, &x, m);
+                    let mut y = vec![f32::NAN; m * n];
+                    p.matmul_t(&x, m, &mut y).unwrap();
+                    for (i, (got, (s, a))) in y.iter().zip(&want).enumerate() {
+                        let tol = 1e-6 * a + 1e-6;
+                        assert!(
+                            (*got as f64 - s).abs() <= tol,
+                            "fmt {fmt} n={n} k={k} m={m} [{i}]: {got}, want {s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_row_gets_the_same_bits_whatever_shares_its_step() {
+        // One row alone, in a group of 2..8 (few-rows kernel, groups of up to four, strips in
+        // chunks of four, two or one) and among 9..20 rows (gemm's tiles, packed): the same
+        // bits. Large enough to go through the pool, with a partial strip and block.
+        if !PackedDense::available() {
+            return;
+        }
+        let (n, k) = (1000, 600);
+        let w = data(3, n * k);
+        let xs = data(4, 20 * k);
+        for fmt in 0..3 {
+            let (p, _) = pack_as(fmt, &w, n, k);
+            let alone: Vec<Vec<f32>> = (0..20)
+                .map(|r| {
+                    let mut y = vec![0f32; n];
+                    p.matmul_t(&xs[r * k..(r + 1) * k], 1, &mut y).unwrap();
+                    y
+                })
+                .collect();
+            for m in [2, 3, 4, 5, 6, 7, 8, 9, 13, 20] {
+                let mut y = vec![0f32; m * n];
+                p.matmul_t(&xs[..m * k], m, &mut y).unwrap();
+                for r in 0..m {
+                    let got = &y[r * n..(r + 1) * n];
+                    for (o, (a, b)) in got.iter().zip(&alone[r]).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "fmt {fmt} m={m} row {r} out {o}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_sizes_that_disagree() {
+        if !PackedDense::available() {
+            return;
+        }
+        assert!(PackedDense::pack(Weights::F32(&[0.0; 5]), 2, 3).is_err());
+        let p = PackedDense::pack(Weights::F32(&[0.0; 6]), 2, 3).unwrap();
+        assert!(p.matmul_t(&[0.0; 4], 1, &mut [0.0; 2]).is_err());
+        assert!(p.matmul_t(&[0.0; 3], 1, &mut [0.0; 3]).is_err());
+        assert!(p.matmul_t(&[0.0; 3], 1, &mut [0.0; 2]).is_ok());
+    }
+}
