@@ -124,6 +124,38 @@ mod tests {
     use crate::QuantFormat;
 
     #[test]
+    fn packed_lookup_is_the_table_row_and_the_tied_head_its_product() {
+        if !PackedDense::available() {
+            return;
+        }
+        let w = crate::seeded_randn(6, 0.5, &[37, 40]);
+        for dt in [DType::F32, DType::BF16] {
+            let wd = w.to_dtype(dt).unwrap();
+            let Linear::Packed(p) = Linear::packed(wd.clone()).unwrap() else {
+                panic!("not packed")
+            };
+            let e = Embedding::Packed(p);
+            assert_eq!(e.rows().unwrap(), 37);
+            let ids = [0u32, 36, 5, 5, 17, 16];
+            let got = e.lookup(&ids, DType::F32, &Device::Cpu).unwrap();
+            let want = Embedding::Dense(wd.clone())
+                .lookup(&ids, DType::F32, &Device::Cpu)
+                .unwrap();
+            assert_eq!(crate::max_abs_diff(&got, &want).unwrap(), 0.0, "{dt:?}");
+            let err = e.lookup(&[37], DType::F32, &Device::Cpu).unwrap_err();
+            assert!(err.to_string().contains("37"), "{err}");
+            // The tied head: x · tableᵀ, as the dense layer computes it.
+            let x = crate::seeded_randn(7, 1.0, &[3, 40]);
+            let y = e.as_linear().forward(&x).unwrap();
+            let y_dense = Linear::Dense(wd.to_dtype(DType::F32).unwrap())
+                .forward(&x)
+                .unwrap();
+            assert_eq!(y.dims(), &[3, 37]);
+            assert!(crate::max_abs_diff(&y, &y_dense).unwrap() < 1e-4, "{dt:?}");
+        }
+    }
+
+    #[test]
     fn quantized_lookup_is_the_dequantized_table_row() {
         let w = crate::seeded_randn(5, 0.5, &[37, 64]);
         let dense = Embedding::Dense(w.clone());

@@ -563,6 +563,48 @@ mod tests {
     }
 
     #[test]
+    fn inference_loads_pack_dense_layers_and_training_keeps_tensors() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let mut l = LinearLoader::new(None, None);
+        l.pack_dense = true;
+        let l = Rc::new(l);
+        let packed = l.scope(|| Linear::load(&vb, 48, 20, "p").unwrap());
+        assert_eq!(
+            matches!(packed, Linear::Packed(_)),
+            PackedDense::available()
+        );
+        assert_eq!(packed.dense_dtype(), Some(DType::F32));
+        // Same weight, same products as the tensor it came from.
+        let w = vm.data().lock().unwrap()["p.weight"].as_tensor().clone();
+        let x = crate::seeded_randn(9, 1.0, &[2, 5, 48]);
+        let d = crate::max_abs_diff(
+            &packed.forward(&x).unwrap(),
+            &Linear::Dense(w.clone()).forward(&x).unwrap(),
+        )
+        .unwrap();
+        assert!(d < 1e-4, "{d}");
+        assert_eq!(
+            crate::max_abs_diff(&packed.weight_f32().unwrap(), &w).unwrap(),
+            0.0
+        );
+        // A plan only records; without a loader (training) layers stay differentiable.
+        let mut plan = LinearLoader::new(None, None);
+        plan.pack_dense = true;
+        plan.plan_only = true;
+        let plan = Rc::new(plan);
+        assert!(plan
+            .scope(|| Linear::load(&vb, 48, 20, "q").unwrap())
+            .dense_weight()
+            .is_some());
+        assert!(Linear::load(&vb, 48, 20, "r")
+            .unwrap()
+            .dense_weight()
+            .is_some());
+    }
+
+    #[test]
     fn embeddings_follow_the_loader_and_keep_their_stored_shape() {
         let dev = Device::Cpu;
         let vm = candle_nn::VarMap::new();
