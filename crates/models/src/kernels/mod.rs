@@ -119,10 +119,21 @@ pub fn packed_matmul_t(x: &Tensor, w: &packed::PackedDense) -> Result<Tensor> {
         )));
     }
     let rows = x.elem_count() / k.max(1);
-    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    // A contiguous f32 input is read where it is (a prompt's activations are megabytes, and
+    // a copy on one thread keeps the other waiting).
+    let view = cpu_f32(x);
+    let owned: Vec<f32>;
+    let xs = match view.get() {
+        Some(v) => v,
+        None => {
+            owned = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            &owned[..]
+        }
+    };
     let mut y = vec![0f32; rows * w.n()];
-    w.matmul_t(&xs, rows, &mut y)
+    w.matmul_t(xs, rows, &mut y)
         .map_err(crate::ModelError::Input)?;
+    drop(view);
     let mut shape = dims.to_vec();
     if let Some(last) = shape.last_mut() {
         *last = w.n();
