@@ -374,39 +374,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64 → uniform in [-1, 1).
-    fn data(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// The product in f64 from the weights as stored, and the sum of |terms| (the scale of
-    /// the rounding error an f32 sum may make).
-    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize) -> Vec<(f64, f64)> {
-        let mut y = Vec::with_capacity(rows * n);
-        for r in 0..rows {
-            for o in 0..n {
-                let (mut s, mut a) = (0f64, 0f64);
-                for j in 0..k {
-                    let t = w[o * k + j] as f64 * x[r * k + j] as f64;
-                    s += t;
-                    a += t.abs();
-                }
-                y.push((s, a));
-            }
-        }
-        y
-    }
+    use crate::kernels::test_data::{dense_reference as reference, uniform as data};
 
     fn check(kind: &str, w: Weights, w_f32: &[f32], n: usize, k: usize, rows: usize) {
         let x = data(7 + k as u64, rows * k);

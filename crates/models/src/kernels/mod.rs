@@ -300,6 +300,45 @@ pub(crate) mod test_data {
             .unwrap()
     }
 
+    /// `n` values uniform in [-1, 1) from `seed` (splitmix64).
+    pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// `x · wᵀ` in f64 from the weights as given (row-major (n, k)), with each output's sum of
+    /// |terms| (the scale of the rounding error an f32 sum may make).
+    pub fn dense_reference(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<(f64, f64)> {
+        let mut y = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            for o in 0..n {
+                let (mut s, mut a) = (0f64, 0f64);
+                for j in 0..k {
+                    let t = w[o * k + j] as f64 * x[r * k + j] as f64;
+                    s += t;
+                    a += t.abs();
+                }
+                y.push((s, a));
+            }
+        }
+        y
+    }
+
     /// Exact product (in f64) of the dequantized weights with x quantized by
     /// [`quantize_row`] in blocks of `block`: what the kernels compute, up to f32 rounding.
     /// This also checks that the block layout read there is the one candle writes.

@@ -455,35 +455,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    /// Each output in f64 from the widened weights, and the sum of |terms|.
-    fn reference(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> Vec<(f64, f64)> {
-        let mut y = Vec::with_capacity(m * n);
-        for r in 0..m {
-            for o in 0..n {
-                let (mut s, mut a) = (0f64, 0f64);
-                for j in 0..k {
-                    let t = w[o * k + j] as f64 * x[r * k + j] as f64;
-                    s += t;
-                    a += t.abs();
-                }
-                y.push((s, a));
-            }
-        }
-        y
-    }
+    use crate::kernels::test_data::{dense_reference as reference, uniform as data};
 
     fn pack_as(fmt: usize, w: &[f32], n: usize, k: usize) -> (PackedDense, Vec<f32>) {
         match fmt {
