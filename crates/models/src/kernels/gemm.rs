@@ -29,6 +29,8 @@ pub const NR: usize = 16;
 pub const KC: usize = 256;
 /// Output features per unit of work (and per packed weight block).
 pub const NC: usize = 128;
+// A unit's strips are whole strips of a packed weight (`gemm_packed` indexes them as o0 / NR).
+const _: () = assert!(NC.is_multiple_of(NR));
 
 /// Whether [`gemm_t`] has a kernel for this CPU (AVX2, FMA, F16C).
 pub fn available() -> bool {
