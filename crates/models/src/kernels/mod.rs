@@ -75,33 +75,60 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     if rows == 0 || (many && !gemm::available()) {
         return Ok(None);
     }
-    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let done = with_cpu_weights(w, |weights| {
+        rows_product(x, n, k, |xs, y| {
+            if many {
+                gemm::gemm_t(weights, n, k, xs, rows, y)
+            } else {
+                matvec::matvec(weights, n, k, xs, rows, y)
+            }
+        })
+    });
+    done.transpose()
+}
+
+/// Runs `f` on `w`'s values when it is a contiguous CPU f32/f16/bf16 tensor (borrowed, the
+/// storage read-locked meanwhile); `None` otherwise.
+pub(crate) fn with_cpu_weights<R>(w: &Tensor, f: impl FnOnce(matvec::Weights) -> R) -> Option<R> {
+    let (storage, layout) = w.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let weights = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => matvec::Weights::F32(&v[start..end]),
+        Storage::Cpu(CpuStorage::F16(v)) => matvec::Weights::F16(&v[start..end]),
+        Storage::Cpu(CpuStorage::BF16(v)) => matvec::Weights::BF16(&v[start..end]),
+        _ => return None,
+    };
+    Some(f(weights))
+}
+
+/// `x` `(.., k)` on the CPU as f32 rows, `f` filling the `(rows, n)` output from them, and the
+/// output as a `(.., n)` tensor in `x`'s dtype. A contiguous f32 input is read where it is (a
+/// prompt's activations are megabytes, and a copy on one thread keeps the other waiting).
+fn rows_product(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    f: impl FnOnce(&[f32], &mut [f32]) -> std::result::Result<(), String>,
+) -> Result<Tensor> {
+    let rows = x.elem_count() / k.max(1);
     let mut y = vec![0f32; rows * n];
     {
-        let (storage, layout) = w.storage_and_layout();
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Ok(None);
+        let view = cpu_f32(x);
+        let owned: Vec<f32>;
+        let xs = match view.get() {
+            Some(v) => v,
+            None => {
+                owned = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                &owned[..]
+            }
         };
-        let weights = match &*storage {
-            Storage::Cpu(CpuStorage::F32(v)) => matvec::Weights::F32(&v[start..end]),
-            Storage::Cpu(CpuStorage::F16(v)) => matvec::Weights::F16(&v[start..end]),
-            Storage::Cpu(CpuStorage::BF16(v)) => matvec::Weights::BF16(&v[start..end]),
-            _ => return Ok(None),
-        };
-        if many {
-            gemm::gemm_t(weights, n, k, &xs, rows, &mut y)
-        } else {
-            matvec::matvec(weights, n, k, &xs, rows, &mut y)
-        }
-        .map_err(crate::ModelError::Input)?;
+        f(xs, &mut y).map_err(crate::ModelError::Input)?;
     }
-    let mut shape = dims.to_vec();
+    let mut shape = x.dims().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;
     }
-    Ok(Some(
-        Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?,
-    ))
+    Ok(Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?)
 }
 
 /// `x · wᵀ` for a weight packed at load ([`packed::PackedDense`]), `x` `(.., k)` on the CPU;
@@ -119,26 +146,7 @@ pub fn packed_matmul_t(x: &Tensor, w: &packed::PackedDense) -> Result<Tensor> {
         )));
     }
     let rows = x.elem_count() / k.max(1);
-    // A contiguous f32 input is read where it is (a prompt's activations are megabytes, and
-    // a copy on one thread keeps the other waiting).
-    let view = cpu_f32(x);
-    let owned: Vec<f32>;
-    let xs = match view.get() {
-        Some(v) => v,
-        None => {
-            owned = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            &owned[..]
-        }
-    };
-    let mut y = vec![0f32; rows * w.n()];
-    w.matmul_t(xs, rows, &mut y)
-        .map_err(crate::ModelError::Input)?;
-    drop(view);
-    let mut shape = dims.to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = w.n();
-    }
-    Ok(Tensor::from_vec(y, shape, x.device())?.to_dtype(x.dtype())?)
+    rows_product(x, w.n(), k, |xs, y| w.matmul_t(xs, rows, y))
 }
 
 /// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for

@@ -109,15 +109,6 @@ impl PackedDense {
         }
     }
 
-    /// Bytes of packed values (the padding of the last strip included).
-    pub fn bytes(&self) -> usize {
-        match &self.data {
-            Data::F32(v) => v.len() * 4,
-            Data::F16(v) => v.len() * 2,
-            Data::BF16(v) => v.len() * 2,
-        }
-    }
-
     /// Row `o` of the unpacked matrix, widened to f32, into `dst` (length `k`).
     pub fn row_into(&self, o: usize, dst: &mut [f32]) {
         let (g, j) = (o / NR, o % NR);

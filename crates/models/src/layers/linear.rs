@@ -31,11 +31,10 @@
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::kernels::matvec::Weights;
 use crate::kernels::packed::PackedDense;
 use crate::weights;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, DType, Module, Storage, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -383,23 +382,11 @@ impl Linear {
         let &[n, k] = weight.dims() else {
             return Ok(Linear::Dense(weight));
         };
-        let packed = {
-            let (storage, layout) = weight.storage_and_layout();
-            let Some((start, end)) = layout.contiguous_offsets() else {
-                drop(storage);
-                return Ok(Linear::Dense(weight));
-            };
-            let w = match &*storage {
-                Storage::Cpu(CpuStorage::F32(v)) => Weights::F32(&v[start..end]),
-                Storage::Cpu(CpuStorage::F16(v)) => Weights::F16(&v[start..end]),
-                Storage::Cpu(CpuStorage::BF16(v)) => Weights::BF16(&v[start..end]),
-                _ => {
-                    drop(storage);
-                    return Ok(Linear::Dense(weight));
-                }
-            };
-            PackedDense::pack(w, n, k).map_err(ModelError::Weights)?
+        let packed = crate::kernels::with_cpu_weights(&weight, |w| PackedDense::pack(w, n, k));
+        let Some(packed) = packed else {
+            return Ok(Linear::Dense(weight));
         };
+        let packed = packed.map_err(ModelError::Weights)?;
         Ok(Linear::Packed(Arc::new(packed)))
     }
 
