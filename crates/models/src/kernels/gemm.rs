@@ -20,6 +20,7 @@
 
 use super::matvec::{SharedOut, Weights};
 use super::packed::PackedDense;
+use std::mem::MaybeUninit;
 
 /// Rows of `x` per micro-kernel call.
 pub const MR: usize = 6;
@@ -50,13 +51,33 @@ pub fn gemm_t(
     if w.len() != n * k {
         return Err(format!("gemm sizes: weight {} for ({n}, {k})", w.len()));
     }
-    gemm(Source::Rows(w), n, k, x, m, y)
+    gemm(Source::Rows(w), n, k, x, m, as_uninit(y))
 }
 
 /// [`gemm_t`] for weights packed at load ([`PackedDense`]): the same sums in the same order,
 /// without packing the weights (f32) or only widening a contiguous block of them (f16/bf16).
 pub fn gemm_packed(w: &PackedDense, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), String> {
+    gemm(Source::Packed(w), w.n(), w.k(), x, m, as_uninit(y))
+}
+
+/// [`gemm_packed`] into memory not yet written (a fresh output's capacity, so that a prompt's
+/// megabytes of output are not zeroed first on one thread while the others wait): every one
+/// of the `m · n` values of `y` is written, each output stored on its first block of `k` (or
+/// 0 where `k` is 0) before any addition reads it.
+pub fn gemm_packed_uninit(
+    w: &PackedDense,
+    x: &[f32],
+    m: usize,
+    y: &mut [MaybeUninit<f32>],
+) -> Result<(), String> {
     gemm(Source::Packed(w), w.n(), w.k(), x, m, y)
+}
+
+/// `y` seen as memory `gemm` writes: it only ever stores initialized f32 values into it.
+fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's size and alignment, and `gemm` writes only valid
+    // f32 values through the view, so `y` stays initialized for its owner.
+    unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) }
 }
 
 /// Where a product's weights come from.
@@ -68,7 +89,14 @@ enum Source<'a> {
     Packed(&'a PackedDense),
 }
 
-fn gemm(w: Source, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), String> {
+fn gemm(
+    w: Source,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [MaybeUninit<f32>],
+) -> Result<(), String> {
     if x.len() != m * k || y.len() != m * n {
         return Err(format!(
             "gemm sizes: ({n}, {k}) weight, x {} for {m} rows, y {}",
@@ -83,26 +111,33 @@ fn gemm(w: Source, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) -> Re
         return Ok(());
     }
     if k == 0 {
-        y.fill(0.0);
+        y.fill(MaybeUninit::new(0.0));
         return Ok(());
     }
     // x as panels: panel i, block b holds rows 6i..6i+6 (zero past m) for k in
-    // b·KC..b·KC+kc, at (i·k + b·KC)·MR, value (p, r) at + p·MR + r.
+    // b·KC..b·KC+kc, at (i·k + b·KC)·MR, value (p, r) at + p·MR + r. Written once, in
+    // parallel, without zeroing the buffer first.
     let panels = m.div_ceil(MR);
-    let mut xp = vec![0f32; panels * MR * k];
+    let len = panels * MR * k;
+    let mut xp: Vec<f32> = Vec::with_capacity(len);
     {
-        let out = SharedOut(xp.as_mut_ptr());
+        let out = SharedOut(xp.spare_capacity_mut().as_mut_ptr());
         super::parallel_for(panels, |range| {
             for i in range {
                 // SAFETY: panel i alone is written here, the values i·MR·k..(i+1)·MR·k of
-                // `xp` (length panels·MR·k), and each panel goes to one thread.
+                // `xp`'s capacity (at least panels·MR·k), and each panel goes to one thread.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(out.ptr().add(i * MR * k), MR * k) };
                 pack_x(x, m, k, i * MR, dst);
             }
         });
     }
-    let out = SharedOut(y.as_mut_ptr());
+    // SAFETY: `pack_x` wrote all MR·k values of every panel (rows past m as zeros), i.e. the
+    // first `len` values of the capacity.
+    unsafe { xp.set_len(len) };
+    // Outputs are written through this pointer only: stored at b0 = 0, read and added to
+    // after, so nothing uninitialized is ever read.
+    let out = SharedOut(y.as_mut_ptr().cast::<f32>());
     super::parallel_for(n.div_ceil(NC), |units| {
         let mut wp = vec![0f32; NC * KC];
         let mut tile = [0f32; MR * NR];
@@ -177,15 +212,23 @@ fn gemm(w: Source, n: usize, k: usize, x: &[f32], m: usize, y: &mut [f32]) -> Re
     Ok(())
 }
 
-/// Packs rows r0..r0+MR of `x` (zeros past m) as `pack_x`'s layout for every block of `k`.
-fn pack_x(x: &[f32], m: usize, k: usize, r0: usize, dst: &mut [f32]) {
+/// Packs rows r0..r0+MR of `x` (zeros past m) as `pack_x`'s layout for every block of `k`,
+/// writing every value of `dst` (`MR · k`).
+fn pack_x(x: &[f32], m: usize, k: usize, r0: usize, dst: &mut [MaybeUninit<f32>]) {
+    let rows = MR.min(m - r0);
     for b0 in (0..k).step_by(KC) {
         let kc = KC.min(k - b0);
         let blk = &mut dst[b0 * MR..(b0 + kc) * MR];
-        for r in 0..MR.min(m - r0) {
-            let row = &x[(r0 + r) * k + b0..(r0 + r) * k + b0 + kc];
-            for (p, v) in row.iter().enumerate() {
-                blk[p * MR + r] = *v;
+        for r in 0..MR {
+            if r < rows {
+                let row = &x[(r0 + r) * k + b0..(r0 + r) * k + b0 + kc];
+                for (p, v) in row.iter().enumerate() {
+                    blk[p * MR + r].write(*v);
+                }
+            } else {
+                for p in 0..kc {
+                    blk[p * MR + r].write(0.0);
+                }
             }
         }
     }

@@ -76,12 +76,14 @@ pub fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let done = with_cpu_weights(w, |weights| {
-        rows_product(x, n, k, |xs, y| {
+        rows_product(x, n, |xs| {
+            let mut y = vec![0f32; rows * n];
             if many {
-                gemm::gemm_t(weights, n, k, xs, rows, y)
+                gemm::gemm_t(weights, n, k, xs, rows, &mut y)?;
             } else {
-                matvec::matvec(weights, n, k, xs, rows, y)
+                matvec::matvec(weights, n, k, xs, rows, &mut y)?;
             }
+            Ok(y)
         })
     });
     done.transpose()
@@ -101,18 +103,15 @@ pub(crate) fn with_cpu_weights<R>(w: &Tensor, f: impl FnOnce(matvec::Weights) ->
     Some(f(weights))
 }
 
-/// `x` `(.., k)` on the CPU as f32 rows, `f` filling the `(rows, n)` output from them, and the
+/// `x` `(.., k)` on the CPU as f32 rows, `f` making the `(rows, n)` output from them, and the
 /// output as a `(.., n)` tensor in `x`'s dtype. A contiguous f32 input is read where it is (a
 /// prompt's activations are megabytes, and a copy on one thread keeps the other waiting).
 fn rows_product(
     x: &Tensor,
     n: usize,
-    k: usize,
-    f: impl FnOnce(&[f32], &mut [f32]) -> std::result::Result<(), String>,
+    f: impl FnOnce(&[f32]) -> std::result::Result<Vec<f32>, String>,
 ) -> Result<Tensor> {
-    let rows = x.elem_count() / k.max(1);
-    let mut y = vec![0f32; rows * n];
-    {
+    let y = {
         let view = cpu_f32(x);
         let owned: Vec<f32>;
         let xs = match view.get() {
@@ -122,8 +121,8 @@ fn rows_product(
                 &owned[..]
             }
         };
-        f(xs, &mut y).map_err(crate::ModelError::Input)?;
-    }
+        f(xs).map_err(crate::ModelError::Input)?
+    };
     let mut shape = x.dims().to_vec();
     if let Some(last) = shape.last_mut() {
         *last = n;
@@ -146,7 +145,7 @@ pub fn packed_matmul_t(x: &Tensor, w: &packed::PackedDense) -> Result<Tensor> {
         )));
     }
     let rows = x.elem_count() / k.max(1);
-    rows_product(x, w.n(), k, |xs, y| w.matmul_t(xs, rows, y))
+    rows_product(x, w.n(), |xs| w.matmul_t_new(xs, rows))
 }
 
 /// Most rows of `x` [`quantized_matmul_t`] gives the row kernel ([`qmatvec::qmatvec`]) for

@@ -182,6 +182,24 @@ impl PackedDense {
         Ok(())
     }
 
+    /// [`Self::matmul_t`] into a new `(m, n)` output. Past [`MAX_ROWS`] rows the output is
+    /// not zeroed first (`gemm` stores every value before it adds to it): a prompt's output is
+    /// megabytes, and zeroing it on the calling thread kept the others waiting.
+    pub fn matmul_t_new(&self, x: &[f32], m: usize) -> Result<Vec<f32>, String> {
+        let len = m * self.n;
+        if m <= MAX_ROWS {
+            let mut y = vec![0f32; len];
+            self.matmul_t(x, m, &mut y)?;
+            return Ok(y);
+        }
+        let mut y = Vec::with_capacity(len);
+        super::gemm::gemm_packed_uninit(self, x, m, &mut y.spare_capacity_mut()[..len])?;
+        // SAFETY: `gemm_packed_uninit` returned Ok, so it wrote all `len` values (its
+        // contract; `gemm_into_fresh_memory_writes_every_output` checks it).
+        unsafe { y.set_len(len) };
+        Ok(y)
+    }
+
     /// The few-rows kernel: rows in groups of at most four, strips in chunks of `per` (four
     /// for one row, two for two, else one), blocks of KC inputs, each group's chains from zero
     /// per block and added to `y` (stored for the first block): `gemm`'s order.
@@ -528,6 +546,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gemm_into_fresh_memory_writes_every_output() {
+        // `gemm_packed_uninit` into memory holding NaN (what a fresh allocation may hold):
+        // every value overwritten, with `gemm_packed`'s bits; and `matmul_t_new`, which uses
+        // it past MAX_ROWS, gives `matmul_t`'s. Odd sizes: partial tiles, strips and blocks.
+        if !PackedDense::available() {
+            return;
+        }
+        let (n, k) = (300, 600);
+        let w = data(5, n * k);
+        let xs = data(6, 20 * k);
+        for fmt in 0..3 {
+            let (p, _) = pack_as(fmt, &w, n, k);
+            for m in [1, 8, 9, 13, 20] {
+                let x = &xs[..m * k];
+                let mut want = vec![0f32; m * n];
+                p.matmul_t(x, m, &mut want).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let new = p.matmul_t_new(x, m).unwrap();
+                assert_eq!(bits(&new), bits(&want), "fmt {fmt} m={m}");
+                if m > MAX_ROWS {
+                    let mut y = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+                    super::super::gemm::gemm_packed_uninit(&p, x, m, &mut y).unwrap();
+                    // SAFETY: every element was initialized (NaN) before the call.
+                    let got: Vec<f32> = y.iter().map(|v| unsafe { v.assume_init() }).collect();
+                    assert_eq!(bits(&got), bits(&want), "fmt {fmt} m={m}");
+                }
+            }
+        }
+        // k = 0: every output is 0.
+        let p = PackedDense::pack(Weights::F32(&[]), 3, 0).unwrap();
+        let mut y = vec![std::mem::MaybeUninit::new(f32::NAN); 9 * 3];
+        super::super::gemm::gemm_packed_uninit(&p, &[], 9, &mut y).unwrap();
+        // SAFETY: as above.
+        assert!(y.iter().all(|v| unsafe { v.assume_init() } == 0.0));
     }
 
     #[test]
