@@ -102,6 +102,14 @@ pub struct RopeTables {
     hw: Option<((Tensor, Tensor), (Tensor, Tensor))>,
 }
 
+/// (tokens, heads, d) → (heads, tokens, d), the KV cache's layout.
+fn heads_first(t: &Tensor) -> Result<Tensor> {
+    match crate::kernels::swap01_f32(t)? {
+        Some(t) => Ok(t),
+        None => Ok(t.transpose(0, 1)?.contiguous()?),
+    }
+}
+
 impl SelfAttention {
     fn load(vb: &VarBuilder, cfg: &TextConfig, native: bool) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
@@ -188,8 +196,8 @@ impl SelfAttention {
         for (i, (s, new_t)) in seqs.iter_mut().zip(seq_t).enumerate() {
             let len = s.ids.len();
             let qs = q.narrow(0, off, len)?;
-            let ks = k.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
-            let vs = v.narrow(0, off, len)?.transpose(0, 1)?.contiguous()?;
+            let ks = heads_first(&k.narrow(0, off, len)?)?;
+            let vs = heads_first(&v.narrow(0, off, len)?)?;
             let kv = s.cache.append(layer, ks, vs)?;
             let mut key_t = Vec::with_capacity(s.cache.len() + len);
             key_t.extend_from_slice(s.cache.key_t());

@@ -15,10 +15,107 @@ use crate::error::Result;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
+thread_local! {
+    /// Whether this thread is running a [`parallel_for`] body.
+    static IN_PARALLEL_FOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f` over `0..n_items` in chunks on candle's thread pool (the calling thread takes part;
 /// `--threads` / `RAYON_NUM_THREADS` sizes it). Chunks are disjoint and cover the range once.
+/// Called from inside a body (a kernel that runs another per task), it runs `f` over the
+/// whole range on the calling thread: the pool serves one call at a time, and its caller
+/// holds it while taking part (candle runs nested calls from its own workers inline, but not
+/// from the thread that made the outer call, which would wait for itself).
 pub fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
-    candle_core::utils::barrier_pool().execute_chunked(n_items, f)
+    if IN_PARALLEL_FOR.with(|c| c.get()) {
+        f(0..n_items);
+        return;
+    }
+    /// Clears the flag when the body returns or unwinds.
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_PARALLEL_FOR.with(|c| c.set(self.0));
+        }
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n_items, |range| {
+        let _reset = Reset(IN_PARALLEL_FOR.with(|c| c.replace(true)));
+        f(range)
+    })
+}
+
+/// Values per task of [`par_rows`]: about a 64 KiB piece of the output, big enough that a task
+/// outweighs the pool's hand-off, small enough that two threads share a layer's rows evenly.
+const PAR_ROWS_VALUES: usize = 1 << 14;
+
+/// A new vector of `rows · width` values, filled by `f(rows, out)` with `out` the part of the
+/// vector that holds those rows. Pieces of at least [`PAR_ROWS_VALUES`] values go to the pool's
+/// threads; output small enough for one piece (a decode step's) stays on the calling thread.
+/// Each piece is zeroed by the thread that fills it, just before, so no thread zeroes the whole
+/// vector first while the others wait (a prompt's norms and rotations wrote megabytes per layer
+/// on one thread).
+pub(crate) fn par_rows<F>(rows: usize, width: usize, f: F) -> Vec<f32>
+where
+    F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+{
+    let len = rows * width;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    let per = PAR_ROWS_VALUES.div_ceil(width).max(1);
+    let pieces = rows.div_ceil(per);
+    let base = matvec::SharedOut(out.spare_capacity_mut().as_mut_ptr());
+    let body = |range: std::ops::Range<usize>| {
+        for p in range {
+            let r = p * per..((p + 1) * per).min(rows);
+            // SAFETY: piece p alone covers values r.start·width..r.end·width of the capacity
+            // (at least rows·width = len values), and each piece goes to one thread.
+            let piece = unsafe {
+                std::slice::from_raw_parts_mut(base.ptr().add(r.start * width), r.len() * width)
+            };
+            for v in piece.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every value of `piece` was just written, and `MaybeUninit<f32>` has
+            // `f32`'s layout.
+            let piece = unsafe { &mut *(piece as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(r, piece);
+        }
+    };
+    if pieces > 1 {
+        parallel_for(pieces, body);
+    } else {
+        body(0..1);
+    }
+    // SAFETY: the pieces cover rows 0..rows, so all `len` values were written above.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `t.transpose(0, 1)?.contiguous()` for a contiguous 3-D f32 CPU tensor without gradients,
+/// (a, b, c) → (b, a, c), copied on the pool's threads (candle copies on one; a prompt's keys
+/// and values are megabytes per layer); `None` for any other tensor.
+pub(crate) fn swap01_f32(t: &Tensor) -> Result<Option<Tensor>> {
+    let Ok((a, b, c)) = t.dims3() else {
+        return Ok(None);
+    };
+    if !plain_cpu_f32(t) {
+        return Ok(None);
+    }
+    let view = cpu_f32(t);
+    let Some(src) = view.get() else {
+        return Ok(None);
+    };
+    // Output row (j, i) of c values is input row (i, j).
+    let out = par_rows(b * a, c, |rows, out| {
+        for (r, o) in rows.zip(out.chunks_exact_mut(c)) {
+            let (j, i) = (r / a, r % a);
+            let at = (i * b + j) * c;
+            o.copy_from_slice(&src[at..at + c]);
+        }
+    });
+    Ok(Some(Tensor::from_vec(out, (b, a, c), t.device())?))
 }
 
 /// Whether `t` is an f32 tensor on the CPU that no gradient flows through: what the one-pass
@@ -404,6 +501,60 @@ pub(crate) mod test_data {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_parallel_for_runs_inline_instead_of_waiting_for_itself() {
+        let total = std::sync::atomic::AtomicUsize::new(0);
+        parallel_for(64, |outer| {
+            for _ in outer {
+                parallel_for(10, |inner| {
+                    total.fetch_add(inner.len(), std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+        });
+        assert_eq!(total.into_inner(), 640);
+    }
+
+    #[test]
+    fn par_rows_gives_every_row_once_in_its_place() {
+        // One piece, several pieces with a short last one, rows wider than a piece, and none.
+        for (rows, width) in [(3, 5), (1000, 37), (5, PAR_ROWS_VALUES + 3), (0, 8), (4, 0)] {
+            let out = par_rows(rows, width, |range, out| {
+                assert_eq!(out.len(), range.len() * width);
+                assert!(out.iter().all(|v| *v == 0.0), "pieces arrive zeroed");
+                for (r, o) in range.zip(out.chunks_exact_mut(width)) {
+                    for (c, v) in o.iter_mut().enumerate() {
+                        *v += (r * 100_000 + c) as f32;
+                    }
+                }
+            });
+            let want: Vec<f32> = (0..rows * width)
+                .map(|i| ((i / width.max(1)) * 100_000 + i % width.max(1)) as f32)
+                .collect();
+            assert_eq!(out, want, "{rows} x {width}");
+        }
+    }
+
+    #[test]
+    fn swap01_matches_candle_and_declines_other_tensors() {
+        // A narrowed (offset) view, as the KV cache takes one sequence of a packed batch.
+        let t = crate::seeded_randn(3, 1.0, &[700, 8, 24]);
+        let part = t.narrow(0, 100, 513).unwrap();
+        let got = swap01_f32(&part).unwrap().unwrap();
+        let want = part.transpose(0, 1).unwrap().contiguous().unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // Strided, 2-D, bf16 and gradient-tracked tensors are left to candle.
+        assert!(swap01_f32(&t.transpose(0, 1).unwrap()).unwrap().is_none());
+        assert!(swap01_f32(&t.flatten_from(1).unwrap()).unwrap().is_none());
+        let bf = t.to_dtype(DType::BF16).unwrap();
+        assert!(swap01_f32(&bf).unwrap().is_none());
+        let var = candle_core::Var::from_tensor(&t).unwrap();
+        assert!(swap01_f32(var.as_tensor()).unwrap().is_none());
+    }
 
     #[test]
     fn dense_matmul_t_matches_candle_and_declines_what_it_does_not_do() {

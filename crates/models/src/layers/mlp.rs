@@ -38,31 +38,16 @@ fn silu_mul_f32(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
     if !(plain(g) && plain(u)) || g.shape() != u.shape() {
         return Ok(None);
     }
-    let mut out = vec![0f32; g.elem_count()];
-    {
+    let out = {
         let (gv, uv) = (crate::kernels::cpu_f32(g), crate::kernels::cpu_f32(u));
         let (Some(gs), Some(us)) = (gv.get(), uv.get()) else {
             return Ok(None);
         };
-        const CHUNK: usize = 1 << 14;
-        let shared = crate::kernels::matvec::SharedOut(out.as_mut_ptr());
-        let len = gs.len();
-        let body = |chunks: std::ops::Range<usize>| {
-            for c in chunks {
-                let r = c * CHUNK..((c + 1) * CHUNK).min(len);
-                // SAFETY: chunk c alone writes out[r] (inside `out`, of length len), and each
-                // chunk goes to one thread.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(shared.ptr().add(r.start), r.len()) };
-                crate::kernels::vexp::silu_mul(&gs[r.clone()], &us[r], o);
-            }
-        };
-        let chunks = len.div_ceil(CHUNK);
-        if chunks > 1 {
-            crate::kernels::parallel_for(chunks, body);
-        } else {
-            body(0..chunks);
-        }
-    }
+        let width = g.dims().last().copied().unwrap_or(1).max(1);
+        crate::kernels::par_rows(gs.len() / width, width, |rows, o| {
+            let r = rows.start * width..rows.end * width;
+            crate::kernels::vexp::silu_mul(&gs[r.clone()], &us[r], o);
+        })
+    };
     Ok(Some(Tensor::from_vec(out, g.shape(), g.device())?))
 }

@@ -45,20 +45,23 @@ impl RmsNorm {
             return Ok(None);
         }
         let x = x.contiguous()?;
-        let mut out = vec![0f32; x.elem_count()];
-        {
+        let out = {
             let (xs, ws) = (crate::kernels::cpu_f32(&x), crate::kernels::cpu_f32(w));
             let (Some(xs), Some(ws)) = (xs.get(), ws.get()) else {
                 return Ok(None);
             };
-            for (o, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-                let var = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let inv = 1.0 / (var + self.eps as f32).sqrt();
-                for ((o, v), g) in o.iter_mut().zip(row).zip(ws) {
-                    *o = (v * inv) * g;
+            let eps = self.eps as f32;
+            crate::kernels::par_rows(xs.len() / d, d, |rows, out| {
+                let xs = &xs[rows.start * d..rows.end * d];
+                for (o, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                    let var = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for ((o, v), g) in o.iter_mut().zip(row).zip(ws) {
+                        *o = (v * inv) * g;
+                    }
                 }
-            }
-        }
+            })
+        };
         Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
     }
 }

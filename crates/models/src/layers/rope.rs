@@ -69,8 +69,7 @@ fn rotate_half_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tens
     }
     let x = x.contiguous()?;
     let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-    let mut out = vec![0f32; n * heads * d];
-    {
+    let out = {
         let (xs, cs, ss) = (
             crate::kernels::cpu_f32(&x),
             crate::kernels::cpu_f32(&cos),
@@ -79,19 +78,21 @@ fn rotate_half_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tens
         let (Some(xs), Some(cs), Some(ss)) = (xs.get(), cs.get(), ss.get()) else {
             return Ok(None);
         };
-        for (r, rows) in out.chunks_exact_mut(heads * d).enumerate() {
-            let (c, s) = (&cs[r * half..(r + 1) * half], &ss[r * half..(r + 1) * half]);
-            for (h, o) in rows.chunks_exact_mut(d).enumerate() {
-                let at = (r * heads + h) * d;
-                let (x1, x2) = xs[at..at + d].split_at(half);
-                let (o1, o2) = o.split_at_mut(half);
-                for i in 0..half {
-                    o1[i] = x1[i] * c[i] - x2[i] * s[i];
-                    o2[i] = x2[i] * c[i] + x1[i] * s[i];
+        crate::kernels::par_rows(n, heads * d, |tokens, out| {
+            for (r, rows) in tokens.zip(out.chunks_exact_mut(heads * d)) {
+                let (c, s) = (&cs[r * half..(r + 1) * half], &ss[r * half..(r + 1) * half]);
+                for (h, o) in rows.chunks_exact_mut(d).enumerate() {
+                    let at = (r * heads + h) * d;
+                    let (x1, x2) = xs[at..at + d].split_at(half);
+                    let (o1, o2) = o.split_at_mut(half);
+                    for i in 0..half {
+                        o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                        o2[i] = x2[i] * c[i] + x1[i] * s[i];
+                    }
                 }
             }
-        }
-    }
+        })
+    };
     Ok(Some(Tensor::from_vec(out, (n, heads, d), x.device())?))
 }
 
