@@ -311,6 +311,104 @@ fn v0_dtype(v: &[Tensor]) -> DType {
     v.first().map_or(DType::F32, Tensor::dtype)
 }
 
+/// `s (rows × lim) = scale · q (rows × d) · kᵀ`, key j of `k` at j·ld: [`super::gemm`]'s
+/// kernel where the CPU has it, else the `gemm` crate on this thread.
+#[allow(clippy::too_many_arguments)]
+fn scores_product(
+    q: &[f32],
+    rows: usize,
+    d: usize,
+    k: &[f32],
+    ld: usize,
+    lim: usize,
+    s: &mut [f32],
+    scale: f32,
+) {
+    if super::gemm::available() && super::gemm::gemm_t_strided(k, ld, lim, d, q, rows, s).is_ok() {
+        for x in s.iter_mut() {
+            *x *= scale;
+        }
+        return;
+    }
+    assert!(
+        q.len() >= rows * d && s.len() >= rows * lim && (lim == 0 || (lim - 1) * ld + d <= k.len()),
+        "attention scores: sizes do not fit"
+    );
+    // SAFETY: the destination is `s` (rows·lim values, row stride lim); the left side `q`
+    // (rows·d values, row stride d); the right side reads (i, j) for i < d, j < lim at
+    // j·ld + i, inside `k` (all three checked just above).
+    unsafe {
+        gemm::gemm(
+            rows,
+            lim,
+            d,
+            s.as_mut_ptr(),
+            1,
+            lim as isize,
+            false,
+            q.as_ptr(),
+            1,
+            d as isize,
+            k.as_ptr(),
+            ld as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `o (rows × dv) = p (rows × lim) · v`, value row j of `v` at j·ld: as [`scores_product`].
+fn values_product(
+    p: &[f32],
+    rows: usize,
+    lim: usize,
+    v: &[f32],
+    ld: usize,
+    dv: usize,
+    o: &mut [f32],
+) {
+    if super::gemm::available() && super::gemm::gemm_nn(v, ld, dv, lim, p, rows, o).is_ok() {
+        return;
+    }
+    assert!(
+        p.len() >= rows * lim
+            && o.len() >= rows * dv
+            && (lim == 0 || (lim - 1) * ld + dv <= v.len()),
+        "attention values: sizes do not fit"
+    );
+    // SAFETY: the destination is `o` (rows·dv values, row stride dv); the left side `p`
+    // (rows·lim values, row stride lim); the right side reads (j, i) for j < lim, i < dv at
+    // j·ld + i, inside `v` (all three checked just above).
+    unsafe {
+        gemm::gemm(
+            rows,
+            dv,
+            lim,
+            o.as_mut_ptr(),
+            1,
+            dv as isize,
+            false,
+            p.as_ptr(),
+            1,
+            lim as isize,
+            v.as_ptr(),
+            1,
+            ld as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Query rows per task of [`prefill_attention`] (with their `group` query heads, the rows of
 /// one score matrix).
 const QUERY_BLOCK: usize = 32;
@@ -320,7 +418,7 @@ const QUERY_BLOCK: usize = 32;
 /// one kv head and `QUERY_BLOCK` (32) query rows: it multiplies their query heads by the keys up
 /// to the last one the mask lets any of those rows see (so a causal prompt does half the work
 /// of the full product), takes the softmax of each score row in place, and multiplies by the
-/// values, both products by the `gemm` crate on one thread. candle's path (the reference)
+/// values, both products by [`super::gemm`]'s kernel on one thread. candle's path (the reference)
 /// permutes and copies Q, K and the output, and makes five passes over the full score tensor.
 /// `None` when it does not apply; the result is (n, n_heads·dv) in v's dtype, identical for any
 /// thread count.
@@ -431,44 +529,17 @@ pub fn prefill_attention(
                 let at = ((r0 + r) * n_heads + h * group) * d;
                 qbuf[r * group * d..(r + 1) * group * d].copy_from_slice(&qs[at..at + group * d]);
             }
-            // K as (d, lim): element (i, j) at kp + j·k_cs + i.
-            let (kp, k_cs) = match k32 {
-                Some((x, off, sh, sj)) => (x[off + h * sh..].as_ptr(), sj),
+            // Head h's keys, key j at j·k_cs: in the cache, or widened into `kw`.
+            let (kh, k_cs): (&[f32], usize) = match k32 {
+                Some((x, off, sh, sj)) => (&x[off + h * sh..], sj),
                 None => {
                     widen_blocks(&kb, h, lim, &mut kw);
-                    (kw.as_ptr(), d)
+                    (&kw, d)
                 }
             };
-            // SAFETY: the destination is `scores` (rows·lim ≤ QUERY_BLOCK·group·n_keys values,
-            // row stride lim); the left side `qbuf` (rows·d values, row stride d); the right
-            // side reads (i, j) for i < d, j < lim at kp + j·k_cs + i, inside the cache slice
-            // (checked by `in_place`, as lim ≤ n_keys), inside `kcat` (n_kv·n_keys·d values,
-            // head stride n_keys·d, key stride d) or inside `kw` (lim·d values).
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    lim,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    lim as isize,
-                    false,
-                    qbuf.as_ptr(),
-                    1,
-                    d as isize,
-                    kp,
-                    k_cs as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for i in 0..rows {
-                let s = &mut scores[i * lim..(i + 1) * lim];
+            let s_all = &mut scores[..rows * lim];
+            scores_product(&qbuf[..rows * d], rows, d, kh, k_cs, lim, s_all, scale);
+            for (i, s) in s_all.chunks_exact_mut(lim).enumerate() {
                 if let Some(m) = &mask {
                     let r = r0 + i / group;
                     for (x, b) in s.iter_mut().zip(&m[r * n_keys..r * n_keys + lim]) {
@@ -477,41 +548,14 @@ pub fn prefill_attention(
                 }
                 super::vexp::softmax_in_place(s);
             }
-            let (vp, v_rs) = match v32 {
-                Some((x, off, sh, sj)) => (x[off + h * sh..].as_ptr(), sj),
+            let (vh, v_rs): (&[f32], usize) = match v32 {
+                Some((x, off, sh, sj)) => (&x[off + h * sh..], sj),
                 None => {
                     widen_blocks(&vb, h, lim, &mut vw);
-                    (vw.as_ptr(), dv)
+                    (&vw, dv)
                 }
             };
-            // SAFETY: the destination is `obuf` (rows·dv values, row stride dv); the left side
-            // the first rows·lim values of `scores` (row stride lim); the right side reads
-            // (j, i) for j < lim, i < dv at vp + j·v_rs + i, inside the cache slice (checked
-            // by `in_place`), inside `vcat` (n_kv·n_keys·dv values, head stride n_keys·dv) or
-            // inside `vw` (lim·dv values).
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    dv,
-                    lim,
-                    obuf.as_mut_ptr(),
-                    1,
-                    dv as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    lim as isize,
-                    vp,
-                    1,
-                    v_rs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            values_product(s_all, rows, lim, vh, v_rs, dv, &mut obuf[..rows * dv]);
             for r in 0..nr {
                 let at = ((r0 + r) * n_heads + h * group) * dv;
                 let src = &obuf[r * group * dv..(r + 1) * group * dv];

@@ -8,12 +8,16 @@
 //!
 //! - `x` is packed once per call, in parallel, into panels of [`MR`] rows interleaved along
 //!   `k` (so the kernel broadcasts one value per row from consecutive addresses);
-//! - the weight rows are cut into units of [`NC`] output features, shared out over the thread
-//!   pool; a unit's rows are packed, [`KC`] values of `k` at a time, into panels of [`NR`]
-//!   features interleaved along `k` (widened from f16/bf16 here, once per call), which stay
-//!   in the L2 cache while every panel of `x` passes by;
+//! - the work is cut into units of [`NC`] output features by up to 16 panels of `x`, shared
+//!   out over the thread pool; a unit's weight rows are packed, [`KC`] values of `k` at a
+//!   time, into panels of [`NR`] features interleaved along `k` (widened from f16/bf16 here),
+//!   which stay in the L2 cache while the unit's panels of `x` pass by;
 //! - the kernel keeps a 6 × 16 block of `y` in twelve registers over `KC` steps of two loads
 //!   and six broadcasts for twelve FMAs.
+//!
+//! Besides weights (row-major, or packed at load), the prompt's attention multiplies with it:
+//! queries by a head's keys (rows some values apart in the cache, [`gemm_t_strided`]) and
+//! probabilities by its values (stored transposed to the kernel's view, [`gemm_nn`]).
 //!
 //! Each output is summed in the same order (blocks of `KC`, each in order) whatever the thread
 //! count, so results do not depend on it.
@@ -30,8 +34,12 @@ pub const NR: usize = 16;
 pub const KC: usize = 256;
 /// Output features per unit of work (and per packed weight block).
 pub const NC: usize = 128;
+/// Panels of x (of MR rows) per unit of work at most.
+const PB: usize = 16;
 // A unit's strips are whole strips of a packed weight (`gemm_packed` indexes them as o0 / NR).
 const _: () = assert!(NC.is_multiple_of(NR));
+// `pack_x` writes a full panel's six rows by name.
+const _: () = assert!(MR == 6);
 
 /// Whether [`gemm_t`] has a kernel for this CPU (AVX2, FMA, F16C).
 pub fn available() -> bool {
@@ -51,7 +59,49 @@ pub fn gemm_t(
     if w.len() != n * k {
         return Err(format!("gemm sizes: weight {} for ({n}, {k})", w.len()));
     }
-    gemm(Source::Rows(w), n, k, x, m, as_uninit(y))
+    gemm(Source::Rows(w, k), n, k, x, m, as_uninit(y))
+}
+
+/// [`gemm_t`] for f32 weight rows `ld` values apart (a head of an attention cache, whose keys
+/// sit among other heads'): row o holds `w[o·ld .. o·ld + k]`. Sizes that do not fit `w`, or
+/// a CPU without [`available`], are refused.
+pub fn gemm_t_strided(
+    w: &[f32],
+    ld: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    if n > 0 && k > 0 && (ld < k || (n - 1) * ld + k > w.len()) {
+        return Err(format!(
+            "gemm sizes: weight {} for {n} rows of {k}, {ld} apart",
+            w.len()
+        ));
+    }
+    gemm(Source::Rows(Weights::F32(w), ld), n, k, x, m, as_uninit(y))
+}
+
+/// `y[r·n + o] = Σ_p x[r·k + p] · w[p·ld + o]`: `x` (m × k) times the f32 matrix `w`
+/// (k × n, rows `ld` apart; an attention head's values), with [`gemm_t`]'s kernel and order of
+/// sums. Sizes that do not fit `w`, or a CPU without [`available`], are refused.
+pub fn gemm_nn(
+    w: &[f32],
+    ld: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) -> Result<(), String> {
+    if n > 0 && k > 0 && (ld < n || (k - 1) * ld + n > w.len()) {
+        return Err(format!(
+            "gemm sizes: weight {} for {k} rows of {n}, {ld} apart",
+            w.len()
+        ));
+    }
+    gemm(Source::Cols(w, ld), n, k, x, m, as_uninit(y))
 }
 
 /// [`gemm_t`] for weights packed at load ([`PackedDense`]): the same sums in the same order,
@@ -83,8 +133,10 @@ fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 /// Where a product's weights come from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Row-major, packed per call.
-    Rows(Weights<'a>),
+    /// Row-major, rows the given number of values apart, packed per call.
+    Rows(Weights<'a>, usize),
+    /// f32 stored transposed, value (o, p) at p·ld + o (ld given), packed per call.
+    Cols(&'a [f32], usize),
     /// Packed at load, in the strips the kernel reads.
     Packed(&'a PackedDense),
 }
@@ -138,17 +190,24 @@ fn gemm(
     // Outputs are written through this pointer only: stored at b0 = 0, read and added to
     // after, so nothing uninitialized is ever read.
     let out = SharedOut(y.as_mut_ptr().cast::<f32>());
-    super::parallel_for(n.div_ceil(NC), |units| {
+    // Units of work: NC features × up to PB panels of x. Cutting the rows too gives a prompt's
+    // narrow products (1024 features: 8 feature blocks) enough units that two threads finish
+    // together; each output is still summed by one unit, block by block in order.
+    let row_blocks = panels.div_ceil(PB);
+    super::parallel_for(n.div_ceil(NC) * row_blocks, |units| {
         let mut wp = vec![0f32; NC * KC];
         let mut tile = [0f32; MR * NR];
         for u in units {
+            let (u, rb) = (u / row_blocks, u % row_blocks);
+            let my_panels = rb * PB..panels.min((rb + 1) * PB);
             let o0 = u * NC;
             let nc = NC.min(n - o0);
             let strips = nc.div_ceil(NR);
             for b0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - b0);
                 match w {
-                    Source::Rows(w) => pack_w(w, k, o0, nc, b0, kc, &mut wp),
+                    Source::Rows(w, ld) => pack_w(w, ld, o0, nc, b0, kc, &mut wp),
+                    Source::Cols(w, ld) => pack_cols(w, ld, o0, nc, b0, kc, &mut wp),
                     Source::Packed(p) if p.dtype() != candle_core::DType::F32 => {
                         for s in 0..strips {
                             let dst = &mut wp[s * NR * kc..(s + 1) * NR * kc];
@@ -157,7 +216,7 @@ fn gemm(
                     }
                     Source::Packed(_) => {}
                 }
-                for i in 0..panels {
+                for i in my_panels.clone() {
                     let r0 = i * MR;
                     let rows = MR.min(m - r0);
                     let a = &xp[i * MR * k + b0 * MR..i * MR * k + (b0 + kc) * MR];
@@ -165,7 +224,9 @@ fn gemm(
                         let c0 = o0 + s * NR;
                         let cols = NR.min(n - c0);
                         let b = match w {
-                            Source::Rows(_) => &wp[s * NR * kc..(s + 1) * NR * kc],
+                            Source::Rows(..) | Source::Cols(..) => {
+                                &wp[s * NR * kc..(s + 1) * NR * kc]
+                            }
                             Source::Packed(p) => match p.f32_block(o0 / NR + s, b0, kc) {
                                 Some(b) => b,
                                 None => &wp[s * NR * kc..(s + 1) * NR * kc],
@@ -175,8 +236,8 @@ fn gemm(
                             // SAFETY: the kernel reads kc·MR values of `a` and kc·NR of `b`
                             // (their lengths) and writes (adds to, past the first block) the
                             // MR × NR block of `y` at (r0, c0) with row stride n: r0 + MR <= m
-                            // and c0 + NR <= n, so it is inside `y`, in the columns of unit u,
-                            // which only this thread writes.
+                            // and c0 + NR <= n, so it is inside `y`, in the columns and rows
+                            // (panels) of unit (u, rb), which only this thread writes.
                             unsafe {
                                 avx2::kernel(
                                     kc,
@@ -196,8 +257,9 @@ fn gemm(
                         for r in 0..rows {
                             for (c, v) in tile[r * NR..r * NR + cols].iter().enumerate() {
                                 // SAFETY: r0 + r < m and c0 + c < n, so the index is inside
-                                // `y` (m·n, checked above). Unit u alone writes the columns
-                                // o0..o0+nc, and each unit goes to one thread.
+                                // `y` (m·n, checked above). Unit (u, rb) alone writes the
+                                // columns o0..o0+nc of its panels' rows, and each unit goes to
+                                // one thread.
                                 unsafe {
                                     let p = out.ptr().add((r0 + r) * n + c0 + c);
                                     *p = if b0 == 0 { *v } else { *p + *v };
@@ -219,6 +281,20 @@ fn pack_x(x: &[f32], m: usize, k: usize, r0: usize, dst: &mut [MaybeUninit<f32>]
     for b0 in (0..k).step_by(KC) {
         let kc = KC.min(k - b0);
         let blk = &mut dst[b0 * MR..(b0 + kc) * MR];
+        if rows == MR {
+            // Written in order, MR values per step from MR rows read side by side.
+            let row = |r: usize| &x[(r0 + r) * k + b0..(r0 + r) * k + b0 + kc];
+            let (x0, x1, x2, x3, x4, x5) = (row(0), row(1), row(2), row(3), row(4), row(5));
+            for (p, d) in blk.chunks_exact_mut(MR).enumerate() {
+                d[0].write(x0[p]);
+                d[1].write(x1[p]);
+                d[2].write(x2[p]);
+                d[3].write(x3[p]);
+                d[4].write(x4[p]);
+                d[5].write(x5[p]);
+            }
+            continue;
+        }
         for r in 0..MR {
             if r < rows {
                 let row = &x[(r0 + r) * k + b0..(r0 + r) * k + b0 + kc];
@@ -234,19 +310,35 @@ fn pack_x(x: &[f32], m: usize, k: usize, r0: usize, dst: &mut [MaybeUninit<f32>]
     }
 }
 
-/// Packs weight rows o0..o0+nc, values b0..b0+kc, as f32 strips of NR rows: strip s at
-/// s·NR·kc, value (p, j) at + p·NR + j, zeros for rows past nc.
-fn pack_w(w: Weights, k: usize, o0: usize, nc: usize, b0: usize, kc: usize, dst: &mut [f32]) {
+/// [`pack_w`] for weights stored transposed (value (o, p) at p·ld + o): each step p of a
+/// strip is NR consecutive values of row b0 + p.
+fn pack_cols(w: &[f32], ld: usize, o0: usize, nc: usize, b0: usize, kc: usize, dst: &mut [f32]) {
+    for s in 0..nc.div_ceil(NR) {
+        let strip = &mut dst[s * NR * kc..(s + 1) * NR * kc];
+        let c0 = o0 + s * NR;
+        let cols = NR.min(nc - s * NR);
+        for (p, d) in strip.chunks_exact_mut(NR).enumerate() {
+            let at = (b0 + p) * ld + c0;
+            d[..cols].copy_from_slice(&w[at..at + cols]);
+            d[cols..].fill(0.0);
+        }
+    }
+}
+
+/// Packs weight rows o0..o0+nc (row o at o·ld), values b0..b0+kc, as f32 strips of NR rows:
+/// strip s at s·NR·kc, value (p, j) at + p·NR + j, zeros for rows past nc.
+fn pack_w(w: Weights, ld: usize, o0: usize, nc: usize, b0: usize, kc: usize, dst: &mut [f32]) {
     let strips = nc.div_ceil(NR);
     for s in 0..strips {
         let strip = &mut dst[s * NR * kc..(s + 1) * NR * kc];
         let rows = NR.min(nc - s * NR);
         let mut done = 0;
         if rows == NR {
-            // SAFETY: `available()` (checked by gemm_t) gives AVX2 and F16C; rows
-            // o0 + s·NR .. + NR of `w` have values b0..b0 + kc (b0 + kc <= k), and `strip`
-            // holds NR·kc values.
-            done = unsafe { avx2::pack_strip(w, k, o0 + s * NR, b0, kc, strip) };
+            // SAFETY: `available()` (checked by `gemm`) gives AVX2 and F16C; rows
+            // o0 + s·NR .. + NR (< n) of `w`, `ld` apart, have values b0..b0 + kc (b0 + kc <= k):
+            // `gemm_t` checked w.len() = n·k with ld = k, `gemm_t_strided` (n − 1)·ld + k <=
+            // w.len(). `strip` holds NR·kc values.
+            done = unsafe { avx2::pack_strip(w, ld, o0 + s * NR, b0, kc, strip) };
         } else {
             strip.fill(0.0);
         }
@@ -254,7 +346,7 @@ fn pack_w(w: Weights, k: usize, o0: usize, nc: usize, b0: usize, kc: usize, dst:
             continue;
         }
         for j in 0..rows {
-            let at = (o0 + s * NR + j) * k + b0;
+            let at = (o0 + s * NR + j) * ld + b0;
             let strip = &mut strip[done * NR..];
             match w {
                 Weights::F32(w) => {
@@ -468,8 +560,16 @@ mod tests {
         if !available() {
             return;
         }
-        // Partial row panels, partial feature strips and units, k below, at and past KC.
-        for &(m, n, k) in &[(9, 1, 1), (13, 131, 67), (33, 257, 300), (70, 300, 520)] {
+        // Partial row panels, partial feature strips and units, k below, at and past KC, and
+        // rows past one unit's PB panels (200 rows: units of 16, 16 and 2 panels).
+        let shapes = [
+            (9, 1, 1),
+            (13, 131, 67),
+            (33, 257, 300),
+            (70, 300, 520),
+            (200, 131, 300),
+        ];
+        for &(m, n, k) in &shapes {
             let w = lcg(1 + n as u64, n * k);
             let x = lcg(2 + m as u64, m * k);
             let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
@@ -495,9 +595,54 @@ mod tests {
     }
 
     #[test]
+    fn strided_and_transposed_weights_give_the_same_bits_as_contiguous_rows() {
+        if !available() {
+            return;
+        }
+        // Shapes of attention heads (k = 128 or a key count past KC) and odd ones.
+        for &(m, n, k, pad) in &[(9, 1, 1, 3), (64, 37, 128, 128), (13, 131, 300, 5)] {
+            let w = lcg(5 + n as u64, n * k);
+            let x = lcg(6 + m as u64, m * k);
+            let mut want = vec![f32::NAN; m * n];
+            gemm_t(Weights::F32(&w), n, k, &x, m, &mut want).unwrap();
+            // The rows `pad` values apart, with NaN between them: none may be read.
+            let ld = k + pad;
+            let mut strided = vec![f32::NAN; (n - 1) * ld + k];
+            for o in 0..n {
+                strided[o * ld..o * ld + k].copy_from_slice(&w[o * k..(o + 1) * k]);
+            }
+            let mut y = vec![f32::NAN; m * n];
+            gemm_t_strided(&strided, ld, n, k, &x, m, &mut y).unwrap();
+            assert_eq!(bits(&y), bits(&want), "strided ({m}, {n}, {k})");
+            // The same weight stored transposed, rows of n values `pad` apart.
+            let ld = n + pad;
+            let mut cols = vec![f32::NAN; (k - 1) * ld + n];
+            for o in 0..n {
+                for p in 0..k {
+                    cols[p * ld + o] = w[o * k + p];
+                }
+            }
+            let mut y = vec![f32::NAN; m * n];
+            gemm_nn(&cols, ld, n, k, &x, m, &mut y).unwrap();
+            assert_eq!(bits(&y), bits(&want), "transposed ({m}, {n}, {k})");
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
     fn refuses_mismatched_sizes() {
         let w = vec![0f32; 6];
         let mut y = vec![0f32; 4];
         assert!(gemm_t(Weights::F32(&w), 2, 3, &[0.0; 5], 2, &mut y).is_err());
+        // Rows past the end of the slice, and rows closer together than their length.
+        let mut y = vec![0f32; 6];
+        assert!(gemm_t_strided(&w, 4, 2, 3, &[0.0; 9], 3, &mut y).is_err());
+        assert!(gemm_t_strided(&w, 2, 2, 3, &[0.0; 9], 3, &mut y).is_err());
+        assert!(gemm_nn(&w, 4, 2, 3, &[0.0; 9], 3, &mut y).is_err());
+        assert!(gemm_nn(&w, 1, 2, 2, &[0.0; 6], 3, &mut y).is_err());
+        assert!(gemm_t_strided(&w, 4, 1, 3, &[0.0; 9], 3, &mut y[..3]).is_ok());
     }
 }
