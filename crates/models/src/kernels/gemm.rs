@@ -74,13 +74,18 @@ pub fn gemm_t_strided(
     m: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    if n > 0 && k > 0 && (ld < k || (n - 1) * ld + k > w.len()) {
+    rows_fit(w.len(), n, k, ld)?;
+    gemm(Source::Rows(Weights::F32(w), ld), n, k, x, m, as_uninit(y))
+}
+
+/// Whether `rows` rows of `width` values, `ld` apart, fit in `len` values without overlapping.
+fn rows_fit(len: usize, rows: usize, width: usize, ld: usize) -> Result<(), String> {
+    if rows > 0 && width > 0 && (ld < width || (rows - 1) * ld + width > len) {
         return Err(format!(
-            "gemm sizes: weight {} for {n} rows of {k}, {ld} apart",
-            w.len()
+            "gemm sizes: weight {len} for {rows} rows of {width}, {ld} apart"
         ));
     }
-    gemm(Source::Rows(Weights::F32(w), ld), n, k, x, m, as_uninit(y))
+    Ok(())
 }
 
 /// `y[r·n + o] = Σ_p x[r·k + p] · w[p·ld + o]`: `x` (m × k) times the f32 matrix `w`
@@ -95,12 +100,7 @@ pub fn gemm_nn(
     m: usize,
     y: &mut [f32],
 ) -> Result<(), String> {
-    if n > 0 && k > 0 && (ld < n || (k - 1) * ld + n > w.len()) {
-        return Err(format!(
-            "gemm sizes: weight {} for {k} rows of {n}, {ld} apart",
-            w.len()
-        ));
-    }
+    rows_fit(w.len(), k, n, ld)?;
     gemm(Source::Cols(w, ld), n, k, x, m, as_uninit(y))
 }
 
