@@ -491,14 +491,15 @@ mod tests {
             return;
         }
         // Partial strips, k below, at and past KC (with a partial last block), 1 to 12 rows
-        // (past MAX_ROWS: gemm's tiles).
+        // (past MAX_ROWS: gemm's tiles), and 100 and 200 rows (gemm's units cut by rows too,
+        // the last share shorter).
         for &(n, k) in &[(1, 1), (5, 7), (16, 256), (37, 300), (130, 520), (200, 64)] {
             let w = data(n as u64 * 7 + k as u64, n * k);
             for fmt in 0..3 {
                 let (p, wid) = pack_as(fmt, &w, n, k);
                 assert_eq!((p.n(), p.k()), (n, k));
                 assert_eq!(p.to_f32_rows(), wid, "unpack n={n} k={k} fmt={fmt}");
-                for m in [1, 2, 3, 4, 5, 7, 8, 9, 12] {
+                for m in [1, 2, 3, 4, 5, 7, 8, 9, 12, 100, 200] {
                     let x = data(1000 + m as u64, m * k);
                     let want = reference(&wid, n, k, &x, m);
                     let mut y = vec![f32::NAN; m * n];
