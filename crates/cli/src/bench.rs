@@ -341,7 +341,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         opts.dtype,
         opts.device.clone(),
     );
-    let (model, _) = Model::from_var_builder_quantized(&vb, &cfg, Some(ids), opts.quant)?;
+    let (mut model, _) = Model::from_var_builder_quantized(&vb, &cfg, Some(ids), opts.quant)?;
+    model.set_kv_dtype(opts.kv_dtype)?;
     let load_s = t0.elapsed().as_secs_f64();
     // An image prompt: a square grid of about `image_tokens` tokens inside the neo1_0 template.
     let side = ((a.image_tokens as f64).sqrt().round() as usize).max(1);

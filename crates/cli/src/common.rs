@@ -69,6 +69,13 @@ pub struct ComputeArgs {
     /// With --quant, keep token embeddings, output head and patch embedding unquantized.
     #[arg(long, requires = "quant")]
     pub dense_embeddings: bool,
+    /// Type the KV cache stores keys and values in (default: the compute dtype, f32, which
+    /// matches the reference). f16 or bf16 halve the cache's memory (the server holds twice
+    /// the tokens in the same --kv-cache-mb) and what each decode step reads from it, which
+    /// at long contexts is a large part of a step; each key and value is rounded once
+    /// (llama.cpp stores f16 by default).
+    #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+    pub kv_cache_dtype: Option<String>,
 }
 
 impl ComputeArgs {
@@ -80,11 +87,13 @@ impl ComputeArgs {
             // candle's kernels read the thread count from the rayon pool; set it before any work.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
-        let dtype = match self.dtype.as_str() {
+        let parse = |s: &str| match s {
             "bf16" => candle_core::DType::BF16,
             "f16" => candle_core::DType::F16,
             _ => candle_core::DType::F32,
         };
+        let dtype = parse(&self.dtype);
+        let kv_dtype = self.kv_cache_dtype.as_deref().map(parse);
         let device = if self.gpu {
             if candle_core::utils::cuda_is_available() {
                 candle_core::Device::new_cuda(0)?
@@ -106,6 +115,7 @@ impl ComputeArgs {
             quant,
             dense_embeddings: self.dense_embeddings,
             widen_half: false,
+            kv_dtype,
         })
     }
 }

@@ -260,7 +260,7 @@ impl Engine {
                     Some(text) => Some(chat_template_from_json(text, dir)?),
                     None => None,
                 };
-                let (m, _) = gguf::load_model(
+                let (mut m, _) = gguf::load_model(
                     g,
                     &config,
                     neo_ids,
@@ -269,6 +269,7 @@ impl Engine {
                     opts.quant,
                     opts.dense_embeddings,
                 )?;
+                m.set_kv_dtype(opts.kv_dtype)?;
                 (t, m)
             }
             None => (

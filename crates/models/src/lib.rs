@@ -132,6 +132,11 @@ pub struct LoadOptions {
     /// f32 on the CPU they stay as stored: the kernels widen them in registers, to the same
     /// values, so results are unchanged in half the memory.
     pub widen_half: bool,
+    /// The type the KV cache stores keys and values in; `None` keeps them in the compute
+    /// dtype (f32 by default, which the fixtures' tolerances assume). f16 or bf16 halve the
+    /// cache's memory and what a decode step reads from it at long contexts, at the cost of
+    /// rounding each key and value once (llama.cpp stores f16 by default).
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for LoadOptions {
@@ -142,6 +147,7 @@ impl Default for LoadOptions {
             quant: None,
             dense_embeddings: false,
             widen_half: false,
+            kv_dtype: None,
         }
     }
 }
@@ -166,7 +172,7 @@ impl Model {
         neo_ids: Option<NeoSpecialIds>,
         opts: &LoadOptions,
     ) -> Result<(Self, LinearReport)> {
-        let (model, report) = if gguf::is_gguf(path) {
+        let (mut model, report) = if gguf::is_gguf(path) {
             let file = std::sync::Arc::new(gguf::GgufFile::open(path)?);
             gguf::load_model(
                 &file,
@@ -191,6 +197,7 @@ impl Model {
             loader.pack_dense = true;
             Self::from_var_builder_loading(&vb, cfg, neo_ids, loader)?
         };
+        model.set_kv_dtype(opts.kv_dtype)?;
         if !report.layers.is_empty() {
             tracing::info!(
                 "{}: {} weight matrices quantized, {} dense",
@@ -287,6 +294,24 @@ impl Model {
 
     pub fn device(&self) -> &Device {
         self.backbone().device()
+    }
+
+    /// Stores the KV cache's keys and values in `dtype` from now on (`None`: in the compute
+    /// dtype); anything but f32, f16 or bf16 is refused. Caches filled before keep their
+    /// blocks as they are, so set this before the first forward.
+    pub fn set_kv_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
+        if let Some(d) = dtype {
+            if !matches!(d, DType::F32 | DType::F16 | DType::BF16) {
+                return Err(ModelError::Unsupported(format!(
+                    "a KV cache of {d:?} (f32, f16 or bf16 are supported)"
+                )));
+            }
+        }
+        match self {
+            Model::Neo(m) => m.backbone_mut().kv_dtype = dtype,
+            Model::Qwen3(m) => m.backbone_mut().kv_dtype = dtype,
+        }
+        Ok(())
     }
 
     pub fn backbone(&self) -> &transformer::Backbone {

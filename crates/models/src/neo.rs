@@ -200,6 +200,10 @@ impl Neo {
         &self.backbone
     }
 
+    pub(crate) fn backbone_mut(&mut self) -> &mut Backbone {
+        &mut self.backbone
+    }
+
     pub fn merge(&self) -> usize {
         self.cfg.vision_config.merge_size()
     }

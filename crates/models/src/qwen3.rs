@@ -26,6 +26,10 @@ impl Qwen3 {
         &self.backbone
     }
 
+    pub(crate) fn backbone_mut(&mut self) -> &mut Backbone {
+        &mut self.backbone
+    }
+
     pub fn forward(
         &self,
         batch: &mut [SeqInput],

@@ -110,6 +110,14 @@ fn heads_first(t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `t` in the KV cache's dtype (`None`, or keys that carry gradients: as they are).
+fn cache_dtype(t: Tensor, kv_dtype: Option<DType>) -> Result<Tensor> {
+    match kv_dtype {
+        Some(d) if d != t.dtype() && !t.track_op() => Ok(t.to_dtype(d)?),
+        _ => Ok(t),
+    }
+}
+
 impl SelfAttention {
     fn load(vb: &VarBuilder, cfg: &TextConfig, native: bool) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
@@ -176,6 +184,7 @@ impl SelfAttention {
         Ok(Tensor::cat(&[t, h, w], D::Minus1)?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         layer: usize,
@@ -184,6 +193,7 @@ impl SelfAttention {
         seq_t: &[Vec<i64>],
         tables: &RopeTables,
         probe: Option<&AttnProbe>,
+        kv_dtype: Option<DType>,
     ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let n = x.dim(0)?;
         let q = self.project(x, self.n_heads, true, tables)?;
@@ -196,8 +206,8 @@ impl SelfAttention {
         for (i, (s, new_t)) in seqs.iter_mut().zip(seq_t).enumerate() {
             let len = s.ids.len();
             let qs = q.narrow(0, off, len)?;
-            let ks = heads_first(&k.narrow(0, off, len)?)?;
-            let vs = heads_first(&v.narrow(0, off, len)?)?;
+            let ks = cache_dtype(heads_first(&k.narrow(0, off, len)?)?, kv_dtype)?;
+            let vs = cache_dtype(heads_first(&v.narrow(0, off, len)?)?, kv_dtype)?;
             let kv = s.cache.append(layer, ks, vs)?;
             let mut key_t = Vec::with_capacity(s.cache.len() + len);
             key_t.extend_from_slice(s.cache.key_t());
@@ -205,7 +215,7 @@ impl SelfAttention {
             let mask = block_mask(&key_t, len, x.device())?;
             if let Some(p) = probe {
                 let rows = p.rows.get(i).map(Vec::as_slice).unwrap_or_default();
-                let k_all = kv.joined()?.0;
+                let k_all = kv.joined()?.0.to_dtype(qs.dtype())?;
                 probs.push(self.probe_probs(&qs, &k_all, mask.as_ref(), rows, p.heads, scale)?);
             }
             outs.push(attention(&qs, &kv, mask.as_ref(), scale)?);
@@ -308,6 +318,8 @@ pub struct Backbone {
     native_rope: bool,
     device: Device,
     dtype: DType,
+    /// What the KV cache stores (`Model::set_kv_dtype`); `None`: the compute dtype.
+    pub(crate) kv_dtype: Option<DType>,
 }
 
 impl Backbone {
@@ -350,6 +362,7 @@ impl Backbone {
             native_rope,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            kv_dtype: None,
         })
     }
 
@@ -426,9 +439,10 @@ impl Backbone {
                 .and_then(|t| t.attn_probe.as_ref())
                 .filter(|p| p.layer == i)
                 .cloned();
-            let (o, probs) = layer
-                .attn
-                .forward(i, &a, seqs, &seq_t, &tables, probe.as_ref())?;
+            let (o, probs) =
+                layer
+                    .attn
+                    .forward(i, &a, seqs, &seq_t, &tables, probe.as_ref(), self.kv_dtype)?;
             if let (Some(t), true) = (trace.as_deref_mut(), probe.is_some()) {
                 t.attn_probs = probs;
             }

@@ -44,6 +44,8 @@ pub fn attention(q: &Tensor, kv: &KvBlocks, mask: Option<&Tensor>, scale: f64) -
         return Ok(out);
     }
     let (k, v) = kv.joined()?;
+    // A cache stored in another dtype than the queries' (f16 keys for f32 compute) is widened.
+    let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
     attention_reference(q, &k, &v, mask, scale)
 }
 
