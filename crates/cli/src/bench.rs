@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// compared with is the best of three).
     #[arg(long, default_value_t = 2)]
     pub reps: usize,
+    /// With --vs-llama-cpp: tokens already in the KV cache before each measurement (both
+    /// engines prefill and decode after this many tokens of context, llama-bench's `-d`), to
+    /// compare long contexts, where a decode step reads much of the cache. llama.cpp runs with
+    /// flash attention on and off and its faster result counts. With --kv-cache-dtype both
+    /// engines store the cache in that type (else each its default: pixlm f32, llama.cpp f16).
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -322,10 +329,15 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             gen: a.decode_tokens.unwrap_or(64),
             reps: a.reps,
             json: a.json,
+            depth: a.depth,
+            kv_dtype: a.compute.kv_cache_dtype.clone(),
         });
     }
     if a.shape == "all" {
         bail!("--shape all is for --vs-llama-cpp; pick one shape");
+    }
+    if a.depth > 0 {
+        bail!("--depth is for --vs-llama-cpp (without it, --prompt-tokens sets the context decode starts from)");
     }
     let prompt_tokens = a.prompt_tokens.unwrap_or(128);
     let decode_tokens = a.decode_tokens.unwrap_or(16);
