@@ -609,25 +609,12 @@ mod avx2 {
     //! Decode attention's two row loops with the cache's f16/bf16 widened in registers: each
     //! key row meets the `group` query heads that share it (one 8-lane chain per head, in key
     //! element order), each value row is added into the group's outputs.
+    use super::super::simd::{hsum, load8};
     use super::{Rows, View};
     use std::arch::x86_64::*;
 
     /// Most query heads per kv head these kernels take (more go through the plain loops).
     pub(super) const MAX_GROUP: usize = 8;
-
-    /// Eight values from element `i` of `p`, stored as DT (0 f32, 1 f16, 2 bf16), widened.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8<const DT: u8>(p: *const u8, i: usize) -> __m256 {
-        match DT {
-            0 => _mm256_loadu_ps(p.cast::<f32>().add(i)),
-            1 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<u16>().add(i).cast())),
-            _ => {
-                let h = _mm_loadu_si128(p.cast::<u16>().add(i).cast());
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-            }
-        }
-    }
 
     /// Element `i` of `p` (stored as DT), widened.
     #[inline]
@@ -637,15 +624,6 @@ mod avx2 {
             1 => half::f16::from_bits(*p.cast::<u16>().add(i)).to_f32(),
             _ => half::bf16::from_bits(*p.cast::<u16>().add(i)).to_f32(),
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     /// How far ahead of the rows being read (in bytes) the loops ask for the cache's lines:

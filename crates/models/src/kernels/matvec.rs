@@ -184,6 +184,7 @@ pub(crate) mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::hsum;
     use super::{row_starts, Weights};
     use std::arch::x86_64::*;
 
@@ -245,15 +246,6 @@ mod avx2 {
     unsafe fn load_bf16(p: *const u16) -> __m256 {
         let wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(wide))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     fn widen_f16(b: u16) -> f32 {

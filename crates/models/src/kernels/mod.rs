@@ -9,6 +9,8 @@ pub mod matvec;
 pub mod packed;
 pub mod qgemm;
 pub mod qmatvec;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub(crate) mod vexp;
 
 use crate::error::Result;

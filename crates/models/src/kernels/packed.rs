@@ -387,23 +387,9 @@ impl PackedDense {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::load8 as load;
     use super::NR;
     use std::arch::x86_64::*;
-
-    /// Eight values at element `i` of a strip stored as `DT` (0 f32, 1 f16, 2 bf16), widened.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load<const DT: u8>(p: *const u8, i: usize) -> __m256 {
-        match DT {
-            0 => _mm256_loadu_ps(p.cast::<f32>().add(i)),
-            1 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<u16>().add(i).cast())),
-            _ => {
-                // bf16 is the top half of an f32: zero-extend to 32 bits, shift left by 16.
-                let h = _mm_loadu_si128(p.cast::<u16>().add(i).cast());
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-            }
-        }
-    }
 
     /// `o[r·ldo + q·NR + j] (+)= Σ_p x_r[p] · w_q[p·NR + j]` over p < kc, one FMA chain per
     /// output in p order from zero, then added to `o` when `add` (else stored): exactly how

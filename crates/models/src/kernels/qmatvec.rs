@@ -325,6 +325,7 @@ pub(crate) mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::super::simd::hsum;
     use super::*;
     use std::arch::x86_64::*;
 
@@ -372,15 +373,6 @@ mod avx2 {
         // SAFETY: `prefetch` is a hint that reads nothing architecturally and never faults,
         // whatever the address (SSE, part of x86_64's baseline).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     #[inline]
