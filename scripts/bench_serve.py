@@ -3,7 +3,10 @@
 Usage: python3 scripts/bench_serve.py --url http://127.0.0.1:8080 [--streams 1 4 8]
            [--max-tokens 256] [--rounds 2]
 Start the server with --no-response-cache (every request here is greedy). Each stream sends
-a distinct prompt, streamed; the figure is all completion tokens / wall time of the round.
+a distinct prompt, streamed. `agg tok/s` is all completion tokens / wall time of the round
+(prompts included); `decode tok/s` sums each stream's own decode rate, its tokens after the
+first over the time from its first token to its last (the prompts' prefill left out, as a
+time-per-output-token figure leaves it out).
 """
 
 import argparse
@@ -25,17 +28,20 @@ def one(url, i, max_tokens, out):
     conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
     r = conn.getresponse()
     assert r.status == 200, r.read()
-    ttft, tokens = None, 0
+    ttft, tokens, last = None, 0, None
     for line in r:
         line = line.strip()
         if not line.startswith(b"data: ") or line == b"data: [DONE]":
             continue
         v = json.loads(line[6:])
-        if v["choices"] and v["choices"][0]["delta"].get("content") and ttft is None:
-            ttft = time.perf_counter() - t0
+        if v["choices"] and v["choices"][0]["delta"].get("content"):
+            last = time.perf_counter() - t0
+            if ttft is None:
+                ttft = last
         if v.get("usage"):
             tokens = v["usage"]["completion_tokens"]
-    out[i] = (ttft or 0.0, tokens, time.perf_counter() - t0)
+    decode = (tokens - 1) / (last - ttft) if ttft is not None and last > ttft else 0.0
+    out[i] = (ttft or 0.0, tokens, time.perf_counter() - t0, decode)
 
 
 def main():
@@ -45,7 +51,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    print(f"{'streams':>7} {'tokens':>7} {'wall s':>7} {'agg tok/s':>9} {'per-stream tok/s':>16} {'mean TTFT ms':>12}")
+    print(f"{'streams':>7} {'tokens':>7} {'wall s':>7} {'agg tok/s':>9} {'per-stream tok/s':>16} {'mean TTFT ms':>12} {'decode tok/s':>12}")
     for n in a.streams:
         best = None
         for _ in range(a.rounds):
@@ -59,11 +65,12 @@ def main():
             wall = time.perf_counter() - t0
             tokens = sum(v[1] for v in out.values())
             ttft = sum(v[0] for v in out.values()) / n
-            row = (tokens / wall, tokens, wall, ttft)
+            decode = sum(v[3] for v in out.values())
+            row = (tokens / wall, tokens, wall, ttft, decode)
             if best is None or row[0] > best[0]:
                 best = row
-        rate, tokens, wall, ttft = best
-        print(f"{n:>7} {tokens:>7} {wall:>7.2f} {rate:>9.1f} {rate / n:>16.1f} {ttft * 1000:>12.1f}")
+        rate, tokens, wall, ttft, decode = best
+        print(f"{n:>7} {tokens:>7} {wall:>7.2f} {rate:>9.1f} {rate / n:>16.1f} {ttft * 1000:>12.1f} {decode:>12.1f}")
 
 
 if __name__ == "__main__":
