@@ -506,7 +506,8 @@ pub fn prefill_attention(
             _ => None,
         }
     }
-    let all_f32 = kb.iter().all(|(b, _)| matches!(b.data, Rows::F32(_)));
+    // Every block has one dtype (`Args::take`), so the first says whether all are f32.
+    let in_cache = kb.len() == 1 && matches!(kb[0].0.data, Rows::F32(_));
     let gather = |blocks: &[(View<'_>, usize)], width: usize| {
         let mut all = Vec::with_capacity(n_kv * n_keys * width);
         let mut head = Vec::new();
@@ -516,23 +517,25 @@ pub fn prefill_attention(
         }
         all
     };
-    let (kcat, vcat) = if kb.len() > 1 || !all_f32 {
-        (gather(&kb, d), gather(&vb, dv))
-    } else {
+    let (kcat, vcat) = if in_cache {
         (Vec::new(), Vec::new())
+    } else {
+        (gather(&kb, d), gather(&vb, dv))
     };
-    let (k32, v32): (Flat, Flat) = if kb.len() == 1 && all_f32 {
-        (
+    let (k32, v32) = if in_cache {
+        // A view past its data (never made by the cache) goes to the reference path.
+        let (Some(k), Some(v)) = (
             in_place(&kb[0].0, n_kv, n_keys, d),
             in_place(&vb[0].0, n_kv, n_keys, dv),
-        )
-    } else if !kcat.is_empty() {
-        (
-            Some((&kcat, 0, n_keys * d, d)),
-            Some((&vcat, 0, n_keys * dv, dv)),
-        )
+        ) else {
+            return Ok(None);
+        };
+        (k, v)
     } else {
-        (None, None)
+        (
+            (&kcat[..], 0, n_keys * d, d),
+            (&vcat[..], 0, n_keys * dv, dv),
+        )
     };
     let scale = scale as f32;
     let mut out = vec![0f32; n * n_heads * dv];
@@ -543,8 +546,6 @@ pub fn prefill_attention(
         let mut qbuf = vec![0f32; rows_max * d];
         let mut scores = vec![0f32; rows_max * n_keys];
         let mut obuf = vec![0f32; rows_max * dv];
-        let mut kw = Vec::new();
-        let mut vw = Vec::new();
         for t in tasks {
             let (h, b) = (t / qblocks, t % qblocks);
             let r0 = b * QUERY_BLOCK;
@@ -556,14 +557,9 @@ pub fn prefill_attention(
                 let at = ((r0 + r) * n_heads + h * group) * d;
                 qbuf[r * group * d..(r + 1) * group * d].copy_from_slice(&qs[at..at + group * d]);
             }
-            // Head h's keys, key j at j·k_cs: in the cache, or widened into `kw`.
-            let (kh, k_cs): (&[f32], usize) = match k32 {
-                Some((x, off, sh, sj)) => (&x[off + h * sh..], sj),
-                None => {
-                    widen_blocks(&kb, h, lim, &mut kw);
-                    (&kw, d)
-                }
-            };
+            // Head h's keys, key j at j·k_cs.
+            let (x, off, sh, k_cs) = k32;
+            let kh = &x[off + h * sh..];
             let s_all = &mut scores[..rows * lim];
             scores_product(&qbuf[..rows * d], rows, d, kh, k_cs, lim, s_all, scale);
             for (i, s) in s_all.chunks_exact_mut(lim).enumerate() {
@@ -575,13 +571,8 @@ pub fn prefill_attention(
                 }
                 super::vexp::softmax_in_place(s);
             }
-            let (vh, v_rs): (&[f32], usize) = match v32 {
-                Some((x, off, sh, sj)) => (&x[off + h * sh..], sj),
-                None => {
-                    widen_blocks(&vb, h, lim, &mut vw);
-                    (&vw, dv)
-                }
-            };
+            let (x, off, sh, v_rs) = v32;
+            let vh = &x[off + h * sh..];
             values_product(s_all, rows, lim, vh, v_rs, dv, &mut obuf[..rows * dv]);
             for r in 0..nr {
                 let at = ((r0 + r) * n_heads + h * group) * dv;
