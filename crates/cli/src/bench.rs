@@ -330,7 +330,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             reps: a.reps,
             json: a.json,
             depth: a.depth,
-            kv_dtype: a.compute.kv_cache_dtype.clone(),
+            kv_dtype: opts.kv_dtype,
         });
     }
     if a.shape == "all" {

@@ -243,8 +243,9 @@ fn llama_bench(bin: &Path, model: &Path, o: &VsOptions) -> Result<(f64, f64)> {
         // the slower one (2048 tokens on a Zen 3: 11-15 against 22-23 tok/s): run both.
         cmd.args(["-d", &o.depth.to_string(), "-fa", "on,off"]);
     }
-    if let Some(t) = &o.kv_dtype {
-        cmd.args(["-ctk", t, "-ctv", t]);
+    if let Some(t) = o.kv_dtype {
+        // candle's names are llama.cpp's: f32, f16, bf16.
+        cmd.args(["-ctk", t.as_str(), "-ctv", t.as_str()]);
     }
     let out = cmd.output().context("running llama-bench")?;
     if !out.status.success() {
@@ -333,13 +334,7 @@ fn pixlm_bench(cfg: &ModelConfig, f: &Format, o: &VsOptions) -> Result<(f64, f64
         None => HalfWeights::None,
     };
     let (mut model, _) = Model::from_var_builder_with(&vb, cfg, None, f.quant, half)?;
-    let kv_dtype = match o.kv_dtype.as_deref() {
-        None => None,
-        Some("f16") => Some(DType::F16),
-        Some("bf16") => Some(DType::BF16),
-        Some(_) => Some(DType::F32),
-    };
-    model.set_kv_dtype(kv_dtype)?;
+    model.set_kv_dtype(o.kv_dtype)?;
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| 1000 + (i * 7919) % 100_000)
         .collect();
@@ -409,7 +404,7 @@ pub struct VsOptions {
     /// Tokens of context before each measurement (llama-bench's `-d`).
     pub depth: usize,
     /// The KV cache's type for both engines (f32, f16, bf16); `None`: each engine's default.
-    pub kv_dtype: Option<String>,
+    pub kv_dtype: Option<DType>,
 }
 
 pub fn run(o: VsOptions) -> Result<i32> {
@@ -443,7 +438,7 @@ pub fn run(o: VsOptions) -> Result<i32> {
                 "after {} tokens of context (llama.cpp: the faster of flash attention on and off); \
                  KV cache: {}; the ceiling counts the weights only",
                 o.depth,
-                o.kv_dtype.as_deref().unwrap_or("pixlm f32, llama.cpp f16")
+                o.kv_dtype.map_or("pixlm f32, llama.cpp f16", |t| t.as_str())
             );
         }
         println!(
@@ -495,7 +490,7 @@ pub fn run(o: VsOptions) -> Result<i32> {
                     "{}",
                     serde_json::json!({
                         "shape": shape, "format": f.name, "threads": o.threads,
-                        "depth": o.depth, "kv_cache_dtype": o.kv_dtype,
+                        "depth": o.depth, "kv_cache_dtype": o.kv_dtype.map(|t| t.as_str()),
                         "read_bandwidth_gb_s": bw / 1e9, "weight_gib_per_token": bytes / (1u64 << 30) as f64,
                         "decode_ceiling_tok_s": ceiling,
                         "llama_cpp": {"decode_tok_s": ltg, "prefill_tok_s": lpp, "bandwidth_fraction": ltg / ceiling,
