@@ -10,7 +10,9 @@
 use crate::config::TextConfig;
 use crate::error::{ModelError, Result};
 use crate::layers::linear::WeightRole;
-use crate::layers::{attention, block_mask, rope, Embedding, GatedMlp, Linear, MoeBlock, RmsNorm};
+use crate::layers::{
+    attention, block_mask, rope, Embedding, GatedMlp, Linear, LinearGroup, MoeBlock, RmsNorm,
+};
 use crate::SeqInput;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -74,9 +76,9 @@ pub struct AttnProbe {
     pub rows: Vec<Vec<u32>>,
 }
 
+/// Native-RoPE's H/W norms (its `q_proj_hw`/`k_proj_hw` products run in the layer's
+/// [`LinearGroup`] with the others).
 struct NativeRopeProj {
-    q_hw: Linear,
-    k_hw: Linear,
     q_norm_h: RmsNorm,
     q_norm_w: RmsNorm,
     k_norm_h: RmsNorm,
@@ -84,9 +86,9 @@ struct NativeRopeProj {
 }
 
 struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// The projections of the layer's input, in order q, k, v, then (Native-RoPE) q_hw,
+    /// k_hw: one product where their weights stack.
+    qkv: LinearGroup,
     o: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
@@ -123,10 +125,17 @@ impl SelfAttention {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let eps = cfg.rms_norm_eps;
+        // Loaded in the order the checkpoint's report has always listed them.
+        let hw_proj = if native {
+            Some((
+                Linear::load(vb, d, nh * hd, "q_proj_hw")?,
+                Linear::load(vb, d, nkv * hd, "k_proj_hw")?,
+            ))
+        } else {
+            None
+        };
         let hw = if native {
             Some(NativeRopeProj {
-                q_hw: Linear::load(vb, d, nh * hd, "q_proj_hw")?,
-                k_hw: Linear::load(vb, d, nkv * hd, "k_proj_hw")?,
                 q_norm_h: RmsNorm::load(vb, hd / 2, eps, "q_norm_h")?,
                 q_norm_w: RmsNorm::load(vb, hd / 2, eps, "q_norm_w")?,
                 k_norm_h: RmsNorm::load(vb, hd / 2, eps, "k_norm_h")?,
@@ -135,10 +144,16 @@ impl SelfAttention {
         } else {
             None
         };
+        let mut parts = vec![
+            Linear::load(vb, d, nh * hd, "q_proj")?,
+            Linear::load(vb, d, nkv * hd, "k_proj")?,
+            Linear::load(vb, d, nkv * hd, "v_proj")?,
+        ];
+        if let Some((q_hw, k_hw)) = hw_proj {
+            parts.extend([q_hw, k_hw]);
+        }
         Ok(Self {
-            q: Linear::load(vb, d, nh * hd, "q_proj")?,
-            k: Linear::load(vb, d, nkv * hd, "k_proj")?,
-            v: Linear::load(vb, d, nkv * hd, "v_proj")?,
+            qkv: LinearGroup::new(parts)?,
             o: Linear::load(vb, nh * hd, d, "o_proj")?,
             q_norm: RmsNorm::load(vb, hd, eps, "q_norm")?,
             k_norm: RmsNorm::load(vb, hd, eps, "k_norm")?,
@@ -149,34 +164,35 @@ impl SelfAttention {
         })
     }
 
-    /// Queries and keys: [T (hd) | H (hd/2) | W (hd/2)] per head for Native-RoPE, else T only.
+    /// Queries or keys from their projection `t` (and `hw`, Native-RoPE's H/W projection):
+    /// [T (hd) | H (hd/2) | W (hd/2)] per head for Native-RoPE, else T only.
     fn project(
         &self,
-        x: &Tensor,
+        t: &Tensor,
+        hw_proj: Option<&Tensor>,
         heads: usize,
         which_q: bool,
         tables: &RopeTables,
     ) -> Result<Tensor> {
-        let n = x.dim(0)?;
+        let n = t.dim(0)?;
         let hd = self.head_dim;
-        let (lin, norm) = if which_q {
-            (&self.q, &self.q_norm)
-        } else {
-            (&self.k, &self.k_norm)
-        };
-        let t = norm.forward(&lin.forward(x)?.reshape((n, heads, hd))?)?;
+        let norm = if which_q { &self.q_norm } else { &self.k_norm };
+        let t = norm.forward(&t.reshape((n, heads, hd))?)?;
         let t = rope::rotate_half(&t, &tables.t.0, &tables.t.1)?;
         let Some(hw) = &self.hw else { return Ok(t) };
         let ((ch, sh), (cw, sw)) = tables
             .hw
             .as_ref()
             .ok_or_else(|| ModelError::Input("Native-RoPE layer without H/W positions".into()))?;
-        let (lin, nh_, nw_) = if which_q {
-            (&hw.q_hw, &hw.q_norm_h, &hw.q_norm_w)
+        let p = hw_proj.ok_or_else(|| {
+            ModelError::Weights("Native-RoPE layer without its H/W projection".into())
+        })?;
+        let (nh_, nw_) = if which_q {
+            (&hw.q_norm_h, &hw.q_norm_w)
         } else {
-            (&hw.k_hw, &hw.k_norm_h, &hw.k_norm_w)
+            (&hw.k_norm_h, &hw.k_norm_w)
         };
-        let p = lin.forward(x)?.reshape((n, heads, hd))?;
+        let p = p.reshape((n, heads, hd))?;
         let h = nh_.forward(&p.narrow(D::Minus1, 0, hd / 2)?)?;
         let w = nw_.forward(&p.narrow(D::Minus1, hd / 2, hd / 2)?)?;
         let h = rope::rotate_half(&h, ch, sh)?;
@@ -196,9 +212,23 @@ impl SelfAttention {
         kv_dtype: Option<DType>,
     ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
         let n = x.dim(0)?;
-        let q = self.project(x, self.n_heads, true, tables)?;
-        let k = self.project(x, self.n_kv, false, tables)?;
-        let v = self.v.forward(x)?.reshape((n, self.n_kv, self.head_dim))?;
+        let parts = self.qkv.forward(x)?;
+        let part = |i: usize| {
+            parts.get(i).ok_or_else(|| {
+                ModelError::Weights(format!(
+                    "the attention projections gave {} outputs",
+                    parts.len()
+                ))
+            })
+        };
+        let (q_hw, k_hw) = if self.hw.is_some() {
+            (Some(part(3)?), Some(part(4)?))
+        } else {
+            (None, None)
+        };
+        let q = self.project(part(0)?, q_hw, self.n_heads, true, tables)?;
+        let k = self.project(part(1)?, k_hw, self.n_kv, false, tables)?;
+        let v = part(2)?.reshape((n, self.n_kv, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut outs = Vec::with_capacity(seqs.len());
         let mut probs = Vec::new();

@@ -90,6 +90,50 @@ impl PackedDense {
         Ok(Self { n, k, data })
     }
 
+    /// The matrices `parts` stacked along the output features, as one packed matrix (the
+    /// product of the result is the parts' products side by side, bit for bit: each feature
+    /// keeps its own sums). `None` unless they share `k` and the stored type and every part
+    /// but the last fills whole strips (a multiple of [`NR`] features), so that the strips are
+    /// the parts' own, joined.
+    pub fn concat(parts: &[&PackedDense]) -> Option<PackedDense> {
+        let (first, init) = (parts.first()?, &parts[..parts.len() - 1]);
+        if parts
+            .iter()
+            .any(|p| p.k != first.k || p.dtype() != first.dtype())
+            || init.iter().any(|p| !p.n.is_multiple_of(NR))
+        {
+            return None;
+        }
+        fn join<'a, T: Copy + 'a>(
+            parts: impl Iterator<Item = Option<&'a Vec<T>>>,
+        ) -> Option<Vec<T>> {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend_from_slice(p?);
+            }
+            Some(out)
+        }
+        let data = match &first.data {
+            Data::F32(_) => Data::F32(join(parts.iter().map(|p| match &p.data {
+                Data::F32(v) => Some(v),
+                _ => None,
+            }))?),
+            Data::F16(_) => Data::F16(join(parts.iter().map(|p| match &p.data {
+                Data::F16(v) => Some(v),
+                _ => None,
+            }))?),
+            Data::BF16(_) => Data::BF16(join(parts.iter().map(|p| match &p.data {
+                Data::BF16(v) => Some(v),
+                _ => None,
+            }))?),
+        };
+        Some(PackedDense {
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            data,
+        })
+    }
+
     /// Output features (rows of the unpacked matrix).
     pub fn n(&self) -> usize {
         self.n
@@ -468,6 +512,52 @@ mod tests {
                 let wid = b.iter().map(|v| v.to_f32()).collect();
                 (PackedDense::pack(Weights::BF16(&b), n, k).unwrap(), wid)
             }
+        }
+    }
+
+    #[test]
+    fn joined_parts_give_the_parts_products_bit_for_bit() {
+        if !PackedDense::available() {
+            return;
+        }
+        let k = 300;
+        let sizes = [32usize, 16, 21];
+        for fmt in 0..3 {
+            let parts: Vec<PackedDense> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| pack_as(fmt, &data(40 + i as u64, n * k), n, k).0)
+                .collect();
+            let refs: Vec<&PackedDense> = parts.iter().collect();
+            let joined = PackedDense::concat(&refs).unwrap();
+            assert_eq!(
+                (joined.n(), joined.k(), joined.dtype()),
+                (69, k, parts[0].dtype())
+            );
+            for m in [1, 3, 8, 13] {
+                let x = data(7 + m as u64, m * k);
+                let y = joined.matmul_t_new(&x, m).unwrap();
+                let mut off = 0;
+                for p in &parts {
+                    let want = p.matmul_t_new(&x, m).unwrap();
+                    for r in 0..m {
+                        let got = &y[r * 69 + off..r * 69 + off + p.n()];
+                        let want = &want[r * p.n()..(r + 1) * p.n()];
+                        let same = got
+                            .iter()
+                            .zip(want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "fmt {fmt}, {m} rows, row {r}, part at {off}");
+                    }
+                    off += p.n();
+                }
+            }
+            // A partial strip anywhere but last, or parts that disagree, are not joined.
+            assert!(PackedDense::concat(&[&parts[2], &parts[0]]).is_none());
+            let other = pack_as((fmt + 1) % 3, &data(9, 16 * k), 16, k).0;
+            assert!(PackedDense::concat(&[&parts[0], &other]).is_none());
+            let narrow = pack_as(fmt, &data(9, 16 * 64), 16, 64).0;
+            assert!(PackedDense::concat(&[&parts[0], &narrow]).is_none());
         }
     }
 

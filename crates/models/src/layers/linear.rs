@@ -24,6 +24,10 @@
 //! 97.1% / 97.5%, as f32) at 0.144x the f32 size, where Q5_0 reached 0.177x (issue #6's
 //! target is 0.16x; BENCHMARKS.md).
 //!
+//! Layers that project one input several ways (attention's q, k, v; the feed-forward's gate
+//! and up) hold their parts in a [`LinearGroup`], which stacks parts of one inference format
+//! into one product after they are loaded.
+//!
 //! The embedding-like weights (token embeddings, the output head, the patch embedding's two
 //! convolutions) load through the same decision with [`WeightRole::Embedding`], so they are
 //! quantized too unless the loader keeps them dense (`dense_embeddings`); BENCHMARKS.md
@@ -390,6 +394,15 @@ impl Linear {
         Ok(Linear::Packed(Arc::new(packed)))
     }
 
+    /// Output features (rows of the (out, in) weight).
+    pub fn out_dim(&self) -> Result<usize> {
+        Ok(match self {
+            Linear::Dense(w) => w.dim(0)?,
+            Linear::Packed(p) => p.n(),
+            Linear::Quantized(q) => q.shape().dims2()?.0,
+        })
+    }
+
     /// The stored dtype of a dense or packed weight; `None` for a quantized one.
     pub fn dense_dtype(&self) -> Option<DType> {
         match self {
@@ -465,10 +478,190 @@ impl Linear {
     }
 }
 
+/// Linear layers that read the same input (a layer's query, key and value projections; the
+/// feed-forward's gate and up projections), run as few products as their weights allow:
+/// consecutive parts of one format are stacked into one weight at load, as vLLM's merged
+/// QKV and gate/up layers are, so a decode step reads them in one pass (one hand-off to the
+/// thread pool, one quantization of `x`) instead of one per part. Each output feature keeps
+/// its own sums, so the outputs are the separate products' bit for bit.
+///
+/// Only inference weights on the CPU are stacked: packed ones of one stored type whose parts
+/// fill whole strips, quantized ones of one GGML type. Dense (differentiable) parts, and
+/// parts of different formats (a GGUF file's Q6_K value projection beside Q4_K queries),
+/// stay products of their own.
+#[derive(Clone, Debug)]
+pub struct LinearGroup {
+    /// Each product and the widths of the parts its output holds, in order.
+    units: Vec<(Linear, Vec<usize>)>,
+}
+
+impl LinearGroup {
+    /// Groups `parts` (all with the same input width), stacking consecutive ones that can be.
+    pub fn new(parts: Vec<Linear>) -> Result<Self> {
+        let mut units: Vec<(Linear, Vec<usize>)> = Vec::new();
+        let mut run: Vec<Linear> = Vec::new();
+        for part in parts {
+            if let Some(prev) = run.last() {
+                if !Self::stackable(prev, &part) {
+                    units.extend(Self::join(std::mem::take(&mut run))?);
+                }
+            }
+            run.push(part);
+        }
+        if !run.is_empty() {
+            units.extend(Self::join(run)?);
+        }
+        Ok(Self { units })
+    }
+
+    /// Whether `b` can be stacked under `a` (`join` may still keep a packed run apart, when
+    /// a part leaves a strip partial).
+    fn stackable(a: &Linear, b: &Linear) -> bool {
+        match (a, b) {
+            (Linear::Packed(a), Linear::Packed(b)) => a.k() == b.k() && a.dtype() == b.dtype(),
+            (Linear::Quantized(a), Linear::Quantized(b)) => {
+                a.dtype() == b.dtype()
+                    && a.device().is_cpu()
+                    && b.device().is_cpu()
+                    && a.shape().dims().get(1) == b.shape().dims().get(1)
+            }
+            _ => false,
+        }
+    }
+
+    /// One product for a run of stackable parts, or one per part where they cannot be
+    /// joined (a single part; a packed part that leaves a strip partial before another).
+    fn join(run: Vec<Linear>) -> Result<Vec<(Linear, Vec<usize>)>> {
+        let widths = run
+            .iter()
+            .map(Linear::out_dim)
+            .collect::<Result<Vec<_>>>()?;
+        let joined = match run.first() {
+            _ if run.len() < 2 => None,
+            Some(Linear::Packed(_)) => {
+                let packed: Vec<&PackedDense> = run
+                    .iter()
+                    .filter_map(|l| match l {
+                        Linear::Packed(p) => Some(p.as_ref()),
+                        _ => None,
+                    })
+                    .collect();
+                PackedDense::concat(&packed).map(|p| Linear::Packed(Arc::new(p)))
+            }
+            Some(Linear::Quantized(first)) => {
+                let mut bytes = Vec::new();
+                for l in &run {
+                    if let Linear::Quantized(q) = l {
+                        bytes.extend_from_slice(&q.data()?);
+                    }
+                }
+                let k = first.shape().dims().get(1).copied().unwrap_or(0);
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    first.dtype(),
+                    &bytes,
+                    vec![widths.iter().sum(), k],
+                    &first.device(),
+                )?;
+                Some(Linear::Quantized(Arc::new(q)))
+            }
+            _ => None,
+        };
+        Ok(match joined {
+            Some(l) => vec![(l, widths)],
+            None => run
+                .into_iter()
+                .zip(widths)
+                .map(|(l, w)| (l, vec![w]))
+                .collect(),
+        })
+    }
+
+    /// The parts' outputs, in order: `x` (.., in) gives (.., width) for each part.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut out = Vec::new();
+        for (w, widths) in &self.units {
+            let y = w.forward(x)?;
+            if widths.len() == 1 {
+                out.push(y);
+                continue;
+            }
+            let mut off = 0;
+            for &width in widths {
+                out.push(y.narrow(candle_core::D::Minus1, off, width)?);
+                off += width;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many products a forward runs.
+    pub fn products(&self) -> usize {
+        self.units.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    /// The group's outputs against each part's own product, bit for bit, at 1, 3 and 12 rows
+    /// (the row kernels and the tiles).
+    fn assert_group_matches(parts: &[Linear], group: &LinearGroup, k: usize) {
+        for m in [1usize, 3, 12] {
+            let x = crate::seeded_randn(m as u64, 1.0, &[m, k]);
+            let got = group.forward(&x).unwrap();
+            assert_eq!(got.len(), parts.len());
+            for (i, (p, g)) in parts.iter().zip(&got).enumerate() {
+                let want: Vec<f32> = p
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+                let same = g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same && g.len() == want.len(), "part {i}, {m} rows");
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_stacks_what_it_can_and_keeps_every_output() {
+        let k = 256;
+        let w = |seed: u64, n: usize| crate::seeded_randn(seed, 0.05, &[n, k]);
+        // Three Q4_K parts stack into one product; a Q8_0 part after them starts another.
+        let parts = vec![
+            Linear::quantized(&w(1, 64), QuantFormat::Q4K).unwrap(),
+            Linear::quantized(&w(2, 32), QuantFormat::Q4K).unwrap(),
+            Linear::quantized(&w(3, 32), QuantFormat::Q4K).unwrap(),
+            Linear::quantized(&w(4, 16), QuantFormat::Q8_0).unwrap(),
+        ];
+        let group = LinearGroup::new(parts.clone()).unwrap();
+        assert_eq!(group.products(), 2);
+        assert_group_matches(&parts, &group, k);
+        // Dense (differentiable) parts are never stacked.
+        let dense = vec![Linear::from_weight(w(5, 8)), Linear::from_weight(w(6, 8))];
+        let group = LinearGroup::new(dense.clone()).unwrap();
+        assert_eq!(group.products(), 2);
+        assert_group_matches(&dense, &group, k);
+        if PackedDense::available() {
+            // Packed parts of whole strips stack; one that leaves a strip partial before
+            // another keeps the run apart.
+            let packed: Vec<Linear> = [(7, 32), (8, 16), (9, 21)]
+                .iter()
+                .map(|&(s, n)| Linear::packed(w(s, n)).unwrap())
+                .collect();
+            let group = LinearGroup::new(packed.clone()).unwrap();
+            assert_eq!(group.products(), 1);
+            assert_group_matches(&packed, &group, k);
+            let partial_first = vec![packed[2].clone(), packed[0].clone()];
+            let group = LinearGroup::new(partial_first.clone()).unwrap();
+            assert_eq!(group.products(), 2);
+            assert_group_matches(&partial_first, &group, k);
+        }
+    }
 
     fn rel_err(a: &Tensor, b: &Tensor) -> (f32, f32) {
         let d = (a - b).unwrap().abs().unwrap();

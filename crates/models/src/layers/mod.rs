@@ -10,7 +10,7 @@ pub mod rope;
 
 pub use attention::{attention, block_mask};
 pub use embedding::Embedding;
-pub use linear::Linear;
+pub use linear::{Linear, LinearGroup};
 pub use mlp::GatedMlp;
 pub use moe::{MoeBlock, Routing};
 pub use norm::RmsNorm;
