@@ -41,11 +41,12 @@ pub struct BenchArgs {
     /// q4_k, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub format: Vec<String>,
-    /// Runs averaged per measurement with --vs-llama-cpp; without it, timed runs of the prompt
-    /// after a warm-up run (the time to first token is the best of them, as the GEMM rate it is
+    /// With --vs-llama-cpp: rounds per measurement (default 3), each one llama-bench run then
+    /// one pixlm run, reported as medians. Without it: timed runs of the prompt after a warm-up
+    /// run (default 2; the time to first token is the best of them, as the GEMM rate it is
     /// compared with is the best of three).
-    #[arg(long, default_value_t = 2)]
-    pub reps: usize,
+    #[arg(long)]
+    pub reps: Option<usize>,
     /// With --vs-llama-cpp: tokens already in the KV cache before each measurement (both
     /// engines prefill and decode after this many tokens of context, llama-bench's `-d`), to
     /// compare long contexts, where a decode step reads much of the cache. llama.cpp runs with
@@ -306,7 +307,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         if a.compute.quant.is_some() || a.compute.dtype != "f32" || a.compute.gpu {
             bail!("--vs-llama-cpp chooses formats with --format (not --quant, --dtype or --gpu)");
         }
-        if a.reps == 0 {
+        let reps = a.reps.unwrap_or(3);
+        if reps == 0 {
             bail!("--reps must be at least 1");
         }
         let formats: Vec<String> = if a.format.iter().any(|f| f == "all") {
@@ -327,7 +329,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
             threads: candle_core::utils::get_num_threads(),
             prompt: a.prompt_tokens.unwrap_or(512),
             gen: a.decode_tokens.unwrap_or(64),
-            reps: a.reps,
+            reps,
             json: a.json,
             depth: a.depth,
             kv_dtype: opts.kv_dtype,
@@ -411,7 +413,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let mut runs = Vec::new();
     let mut best = prefill()?;
     runs.push(best.0);
-    for _ in 1..a.reps.max(1) {
+    for _ in 1..a.reps.unwrap_or(2).max(1) {
         let r = prefill()?;
         runs.push(r.0);
         if r.0 < best.0 {

@@ -7,8 +7,12 @@
 //! llama.cpp's `qwen3` layout with random weights, and `llama-quantize --pure` makes each other
 //! format from it, keeping the token embedding / output head at the type pixlm keeps it at, so
 //! both engines read the same bytes per token. pixlm runs the same shape through its real
-//! Qwen3 forward (random weights from the same kind of generator). The read bandwidth is
-//! measured in the same run and gives each engine's fraction of the decode ceiling.
+//! Qwen3 forward (random weights from the same kind of generator). The engines take turns in
+//! rounds (one llama-bench run, then one pixlm run, each round after its own read-bandwidth
+//! probe), and each figure is the median over the rounds, each ratio the median of the
+//! rounds' own ratios: this shared machine's speed drifts by a third over minutes, while the
+//! two runs of a round see the same machine. The probe gives each engine's fraction of the
+//! decode ceiling.
 
 use crate::bench::{
     active_weight_bytes, argmax, read_bandwidth, text_config, weight_bytes, RandomWeights,
@@ -231,13 +235,14 @@ fn write_f32_gguf(cfg: &serde_json::Value, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Tokens/s of llama.cpp on `model`: (prefill of `prompt` tokens, decode of `gen` tokens).
-fn llama_bench(bin: &Path, model: &Path, o: &VsOptions) -> Result<(f64, f64)> {
+/// Tokens/s of llama.cpp on `model`: (prefill of `prompt` tokens, decode of `gen` tokens),
+/// llama-bench's mean over `reps` runs.
+fn llama_bench(bin: &Path, model: &Path, o: &VsOptions, reps: usize) -> Result<(f64, f64)> {
     let mut cmd = Command::new(bin.join("llama-bench"));
     cmd.args(["-m", &model.to_string_lossy()])
         .args(["-t", &o.threads.to_string()])
         .args(["-p", &o.prompt.to_string(), "-n", &o.gen.to_string()])
-        .args(["-r", &o.reps.to_string(), "-o", "json"]);
+        .args(["-r", &reps.to_string(), "-o", "json"]);
     if o.depth > 0 {
         // Past a few hundred tokens llama.cpp's CPU flash attention (its `auto` choice) can be
         // the slower one (2048 tokens on a Zen 3: 11-15 against 22-23 tok/s): run both.
@@ -320,9 +325,16 @@ fn quantize(bin: &Path, src: &Path, dst: &Path, f: &Format, threads: usize) -> R
     Ok(())
 }
 
-/// Tokens/s of pixlm's real forward at `cfg`: (prefill of `prompt` tokens, decode of `gen`
-/// tokens after a one-token prompt, as llama-bench's tg test does), means over `reps`.
-fn pixlm_bench(cfg: &ModelConfig, f: &Format, o: &VsOptions) -> Result<(f64, f64)> {
+/// Tokens/s of pixlm's real forward at `cfg`, one (prefill of `prompt` tokens, decode of `gen`
+/// tokens after a one-token prompt, as llama-bench's tg test does) per round. The model is
+/// built and warmed up once; `before_round(i)` runs just before round `i` is timed (the
+/// harness runs llama.cpp's round there, so the two engines alternate).
+fn pixlm_rounds(
+    cfg: &ModelConfig,
+    f: &Format,
+    o: &VsOptions,
+    mut before_round: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<(f64, f64)>> {
     let (prompt, gen, reps, depth) = (o.prompt, o.gen, o.reps, o.depth);
     let vb = candle_nn::VarBuilder::from_backend(
         Box::new(RandomWeights::default()),
@@ -370,13 +382,14 @@ fn pixlm_bench(cfg: &ModelConfig, f: &Format, o: &VsOptions) -> Result<(f64, f64
     with_context(&mut cache)?;
     let first = step(&ids, &mut cache, false)?;
     step(&[first], &mut cache, true)?;
-    let (mut pp, mut tg) = (0.0, 0.0);
-    for _ in 0..reps {
+    let mut rounds = Vec::with_capacity(reps);
+    for i in 0..reps {
+        before_round(i)?;
         let mut cache = KvCache::new();
         with_context(&mut cache)?;
         let t = Instant::now();
         step(&ids, &mut cache, false)?;
-        pp += prompt as f64 / t.elapsed().as_secs_f64();
+        let pp = prompt as f64 / t.elapsed().as_secs_f64();
         let mut cache = KvCache::new();
         let mut next = if context.is_empty() {
             step(&ids[..1], &mut cache, false)?
@@ -387,9 +400,36 @@ fn pixlm_bench(cfg: &ModelConfig, f: &Format, o: &VsOptions) -> Result<(f64, f64
         for _ in 0..gen {
             next = step(&[next], &mut cache, true)?;
         }
-        tg += gen as f64 / t.elapsed().as_secs_f64();
+        rounds.push((pp, gen as f64 / t.elapsed().as_secs_f64()));
     }
-    Ok((pp / reps as f64, tg / reps as f64))
+    Ok(rounds)
+}
+
+/// The median of `v` (the mean of the middle two for an even count); NaN when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Whether pixlm's model and llama.cpp's file fit in memory side by side (with a fifth to
+/// spare), so that the two engines can take turns: `MemAvailable` from /proc/meminfo, or
+/// false where it cannot be read.
+fn both_fit(pixlm_bytes: f64, llama_file: &Path) -> bool {
+    let file = std::fs::metadata(llama_file).map(|m| m.len() as f64);
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb * 1024.0)
+    });
+    match (file, avail) {
+        (Ok(file), Some(avail)) => (pixlm_bytes + file) * 1.2 < avail,
+        _ => false,
+    }
 }
 
 /// What the harness runs: shapes × formats, and the workload of each measurement.
@@ -428,9 +468,10 @@ pub fn run(o: VsOptions) -> Result<i32> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     if !o.json {
         println!(
-            "{} threads; prefill {} tokens, decode {} tokens, mean of {} runs; the read bandwidth \
-             (GB/s) is measured before each row (this machine is shared: it varies by a third \
-             from minute to minute)",
+            "{} threads; prefill {} tokens, decode {} tokens; {} rounds, each one llama-bench run \
+             then one pixlm run after a read-bandwidth probe (GB/s); medians over the rounds, \
+             ratios the median of the rounds' ratios (this machine is shared: its speed drifts \
+             by a third from minute to minute)",
             o.threads, o.prompt, o.gen, o.reps
         );
         if o.depth > 0 {
@@ -475,15 +516,47 @@ pub fn run(o: VsOptions) -> Result<i32> {
                     p
                 }
             };
-            let bw = read_bandwidth();
-            let (lpp, ltg) = llama_bench(&bin, &path, &o)?;
+            let (linear, head) = weight_bytes(f.weight_dtype(), f.quant);
+            let bytes = active_weight_bytes(&mc, linear, head);
+            // The engines take turns, one llama-bench run then one pixlm run per round, each
+            // round with its own bandwidth probe, and the ratios are the median of the rounds'
+            // ratios: the machine's speed drifts by a third over minutes, and a pair of runs
+            // seconds apart sees the same machine. Where both models do not fit in memory at
+            // once (NEO-2B at f32), llama.cpp runs all its rounds first, as before.
+            let paired = both_fit(bytes * 1.1, &path);
+            let mut llama: Vec<(f64, f64, f64)> = Vec::new(); // (probe, prefill, decode)
+            if !paired {
+                let bw = read_bandwidth();
+                let (lpp, ltg) = llama_bench(&bin, &path, &o, o.reps)?;
+                llama.push((bw, lpp, ltg));
+            }
+            let pixlm = pixlm_rounds(&mc, f, &o, |_| {
+                if paired {
+                    let bw = read_bandwidth();
+                    let (lpp, ltg) = llama_bench(&bin, &path, &o, 1)?;
+                    llama.push((bw, lpp, ltg));
+                }
+                Ok(())
+            })?;
             if path != f32_path {
                 // Remade in seconds from the f32 file; the NEO-2B ones are gigabytes each.
                 std::fs::remove_file(&path).ok();
             }
-            let (ppp, ptg) = pixlm_bench(&mc, f, &o)?;
-            let (linear, head) = weight_bytes(f.weight_dtype(), f.quant);
-            let bytes = active_weight_bytes(&mc, linear, head);
+            // Per round: (probe, llama pp, llama tg, pixlm pp, pixlm tg); unpaired, every
+            // round is compared with llama.cpp's mean.
+            let rounds: Vec<[f64; 5]> = pixlm
+                .iter()
+                .enumerate()
+                .map(|(i, &(ppp, ptg))| {
+                    let (bw, lpp, ltg) = llama[if paired { i } else { 0 }];
+                    [bw, lpp, ltg, ppp, ptg]
+                })
+                .collect();
+            let col = |j: usize| median(rounds.iter().map(|r| r[j]).collect());
+            let (bw, lpp, ltg, ppp, ptg) = (col(0), col(1), col(2), col(3), col(4));
+            let decode_ratio = median(rounds.iter().map(|r| r[4] / r[2]).collect());
+            let prefill_ratio = median(rounds.iter().map(|r| r[3] / r[1]).collect());
+            let fraction = |j: usize| median(rounds.iter().map(|r| r[j] * bytes / r[0]).collect());
             let ceiling = bw / bytes;
             if o.json {
                 println!(
@@ -493,12 +566,18 @@ pub fn run(o: VsOptions) -> Result<i32> {
                         "depth": o.depth, "kv_cache_dtype": o.kv_dtype.map(|t| t.as_str()),
                         "read_bandwidth_gb_s": bw / 1e9, "weight_gib_per_token": bytes / (1u64 << 30) as f64,
                         "decode_ceiling_tok_s": ceiling,
-                        "llama_cpp": {"decode_tok_s": ltg, "prefill_tok_s": lpp, "bandwidth_fraction": ltg / ceiling,
+                        "llama_cpp": {"decode_tok_s": ltg, "prefill_tok_s": lpp, "bandwidth_fraction": fraction(2),
                             "effective_read_gb_s": ltg * bytes / 1e9},
                         "pixlm": {"decode_tok_s": ptg, "prefill_tok_s": ppp,
                             "effective_read_gb_s": ptg * bytes / 1e9},
-                        "decode_ratio": ptg / ltg, "prefill_ratio": ppp / lpp,
-                        "bandwidth_fraction": ptg / ceiling,
+                        "decode_ratio": decode_ratio, "prefill_ratio": prefill_ratio,
+                        "bandwidth_fraction": fraction(4),
+                        "paired_rounds": paired,
+                        "rounds": rounds.iter().map(|r| serde_json::json!({
+                            "read_bandwidth_gb_s": r[0] / 1e9,
+                            "llama_cpp": {"prefill_tok_s": r[1], "decode_tok_s": r[2]},
+                            "pixlm": {"prefill_tok_s": r[3], "decode_tok_s": r[4]},
+                        })).collect::<Vec<_>>(),
                     })
                 );
             } else {
@@ -509,13 +588,16 @@ pub fn run(o: VsOptions) -> Result<i32> {
                     bw / 1e9,
                     ltg,
                     ptg,
-                    ptg / ltg,
-                    100.0 * ltg / ceiling,
-                    100.0 * ptg / ceiling,
+                    decode_ratio,
+                    100.0 * fraction(2),
+                    100.0 * fraction(4),
                     lpp,
                     ppp,
-                    ppp / lpp
+                    prefill_ratio
                 );
+                if !paired {
+                    println!("  (both models do not fit in memory at once: llama.cpp ran its {} runs first)", o.reps);
+                }
             }
         }
     }
@@ -525,6 +607,16 @@ pub fn run(o: VsOptions) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_of_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert!(median(Vec::new()).is_nan());
+        // A missing file never counts as fitting.
+        assert!(!both_fit(1.0, Path::new("/nonexistent/model.gguf")));
+    }
 
     #[test]
     fn llama_bench_json_gives_prefill_and_decode() {
