@@ -605,10 +605,10 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    /// The group's outputs against each part's own product, bit for bit, at 1, 3 and 12 rows
-    /// (the row kernels and the tiles).
+    /// The group's outputs against each part's own product, bit for bit, at 1, 3, 12 and 40
+    /// rows (the row kernels, the few-rows kernels and the tiles).
     fn assert_group_matches(parts: &[Linear], group: &LinearGroup, k: usize) {
-        for m in [1usize, 3, 12] {
+        for m in [1usize, 3, 12, 40] {
             let x = crate::seeded_randn(m as u64, 1.0, &[m, k]);
             let got = group.forward(&x).unwrap();
             assert_eq!(got.len(), parts.len());
